@@ -1,0 +1,45 @@
+"""Configuration defaults and how they are layered.
+
+Order, later wins: these defaults -> ``instance/config.py`` -> ``RYBBIT_*`` environment
+variables (``RYBBIT_FOO`` sets ``FOO``; values are parsed as JSON when they can be) ->
+``MONGO_URI`` from the environment -> the mapping handed to ``create_app`` (tests).
+"""
+
+import os
+from typing import Any
+
+from flask import Flask
+
+DEFAULTS: dict[str, Any] = {
+    # None: use the embedded store under the instance folder.
+    "MONGO_URI": None,
+    # Database name; None takes it from the URI path, else "rybbit".
+    "MONGO_DB_NAME": None,
+    # Bounded waits so a dead store turns into a 503, never a hung request.
+    "MONGO_TIMEOUT_MS": 2000,
+    # Acknowledge an event only once the store has it in its journal.
+    "MONGO_WRITE_CONCERN": {"w": 1, "j": True},
+    # Folder (relative to the instance folder unless absolute) of the embedded store.
+    "EMBEDDED_STORE_DIR": "data",
+    # Seconds a client is told to wait when the store is unavailable.
+    "STORE_RETRY_AFTER": 2,
+    # Request bodies above this size get a 413 before they are parsed.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+}
+
+
+def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
+    """Fill ``app.config`` from the layers described in this module's docstring."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("RYBBIT")
+    if os.environ.get("MONGO_URI"):
+        app.config["MONGO_URI"] = os.environ["MONGO_URI"]
+    if test_config:
+        app.config.from_mapping(test_config)
+
+
+def instance_path_from_env() -> str | None:
+    """The instance folder named by ``RYBBIT_INSTANCE_PATH``, made absolute."""
+    path = os.environ.get("RYBBIT_INSTANCE_PATH")
+    return os.path.abspath(path) if path else None

@@ -1,0 +1,341 @@
+"""Marshmallow schemas for the tracking payload, with Rybbit's (zod's) rules and messages.
+
+Rybbit validates ``/api/track`` with a strict zod schema; its error messages are part of what
+clients see, so the fields here raise the same texts ("Required", "Expected string, received
+number", "String must contain at most 512 character(s)", ...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from typing import Any, NamedTuple
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
+
+from .errors import InvalidPayload
+
+EVENT_TYPES = ("pageview", "custom_event", "performance", "outbound", "error")
+PERFORMANCE_FIELDS = ("lcp", "cls", "inp", "fcp", "ttfb")
+PROPERTIES_MAX = 2048
+ERROR_PROPERTIES_MAX = 4096
+# Rybbit stores screen sizes as UInt16; larger values are not screens.
+SCREEN_MAX = 65535
+# Deeper properties documents are refused: MongoDB caps nesting at 100 levels.
+PROPERTIES_MAX_DEPTH = 32
+_INT64 = 2**63
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def js_type(value: Any) -> str:
+    """The JavaScript type name zod reports for a JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def too_long(limit: int) -> str:
+    return f"String must contain at most {limit} character(s)"
+
+
+class _ZodField(fields.Field):
+    """A field whose missing/null/type errors read as zod's."""
+
+    expected = "unknown"
+    default_error_messages = {
+        "required": "Required",
+        "null": "Expected {expected}, received null",
+        "invalid": "Expected {expected}, received {received}",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error_messages["null"] = self.error_messages["null"].format(expected=self.expected)
+
+    def wrong_type(self, value: Any) -> ValidationError:
+        return self.make_error("invalid", expected=self.expected, received=js_type(value))
+
+
+class ZString(_ZodField):
+    """A JSON string with optional length bounds (counted in characters)."""
+
+    expected = "string"
+
+    def __init__(self, *, min_length: int | None = None, max_length: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.min_length = min_length
+        self.max_length = max_length
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise self.wrong_type(value)
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValidationError(too_long(self.max_length))
+        if self.min_length is not None and len(value) < self.min_length:
+            raise ValidationError(f"String must contain at least {self.min_length} character(s)")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("Invalid string: unpaired surrogate") from None
+        return value
+
+
+class SiteId(ZString):
+    """A site id: a string, or a JSON integer that typed clients send for numeric ids."""
+
+    expected = "string"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class IpAddress(ZString):
+    """An IPv4 or IPv6 address, stored in its canonical text form."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise ValidationError("Invalid ip") from None
+
+
+class ZNumber(_ZodField):
+    """A finite JSON number, optionally an integer, with bounds as zod words them."""
+
+    expected = "number"
+
+    def __init__(self, *, integer: bool = False, positive: bool = False,
+                 minimum: float | None = None, maximum: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.integer = integer
+        self.positive = positive
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.wrong_type(value)
+        try:
+            as_float = float(value)
+        except OverflowError:
+            as_float = math.inf
+        if not math.isfinite(as_float):
+            raise ValidationError("Number must be finite")
+        if self.integer:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValidationError("Expected integer, received float")
+                value = int(value)
+        elif isinstance(value, int) and not -_INT64 <= value < _INT64:
+            value = as_float  # BSON integers are 64-bit; keep the magnitude as a double
+        if self.positive and value <= 0:
+            raise ValidationError("Number must be greater than 0")
+        if self.minimum is not None and value < self.minimum:
+            raise ValidationError(f"Number must be greater than or equal to {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValidationError(f"Number must be less than or equal to {self.maximum}")
+        return value
+
+
+class ParsedJSON(NamedTuple):
+    raw_length: int
+    value: Any
+
+
+def _check_json_value(value: Any, depth: int = 0) -> Any:
+    """Refuse what BSON cannot hold; escape keys MongoDB would read as operators or paths."""
+    if depth > PROPERTIES_MAX_DEPTH:
+        raise ValueError(f"nested deeper than {PROPERTIES_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ValueError("keys must not contain NUL characters")
+            # MongoDB's documented advice: store '$' and '.' in keys as their full-width forms.
+            if key.startswith("$"):
+                key = "\uff04" + key[1:]
+            if "." in key:
+                key = key.replace(".", "\uff0e")
+            out[key] = _check_json_value(item, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [_check_json_value(item, depth + 1) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        return float(value)
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` without NaN/Infinity, and refusing duplicate keys."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
+class JSONString(ZString):
+    """A string holding JSON; deserialises to the parsed value and the raw length."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> ParsedJSON:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parsed = _check_json_value(loads_strict(text))
+        except (ValueError, RecursionError):
+            raise ValidationError("Properties must be a valid JSON string") from None
+        return ParsedJSON(len(text), parsed)
+
+
+class TrackEventSchema(Schema):
+    """The ``/api/track`` body. Unknown keys are refused, as Rybbit's ``.strict()`` does."""
+
+    class Meta:
+        unknown = RAISE
+
+    api_key = ZString(required=True)
+    site_id = SiteId(required=True, min_length=1, max_length=255)
+    type = ZString(load_default="pageview")
+    pathname = ZString(max_length=2048)
+    hostname = ZString(max_length=253)
+    page_title = ZString(max_length=512)
+    referrer = ZString(max_length=2048)
+    user_id = ZString(max_length=255)
+    user_agent = ZString(max_length=512)
+    ip_address = IpAddress()
+    querystring = ZString(max_length=2048)
+    language = ZString(max_length=35)
+    screenWidth = ZNumber(integer=True, positive=True, maximum=SCREEN_MAX)
+    screenHeight = ZNumber(integer=True, positive=True, maximum=SCREEN_MAX)
+    event_name = ZString(max_length=256)
+    properties = JSONString(max_length=ERROR_PROPERTIES_MAX)
+    lcp = ZNumber(minimum=0, allow_none=True)
+    cls = ZNumber(minimum=0, allow_none=True)
+    inp = ZNumber(minimum=0, allow_none=True)
+    fcp = ZNumber(minimum=0, allow_none=True)
+    ttfb = ZNumber(minimum=0, allow_none=True)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _check_type_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+        event_type = data.get("type")
+        if event_type is None:
+            return  # the field itself failed and says why
+        if event_type not in EVENT_TYPES:
+            expected = " | ".join(f"'{t}'" for t in EVENT_TYPES)
+            raise ValidationError(f"Invalid discriminator value. Expected {expected}", "type")
+        errors = _type_rule_errors(event_type, data)
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _unwrap_properties(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "properties" in data:
+            data["properties"] = data["properties"].value
+        return data
+
+
+def _type_rule_errors(event_type: str, data: dict[str, Any]) -> dict[str, list[str]]:
+    """Per-type rules of Rybbit's discriminated union, as ``{field or _schema: [messages]}``."""
+    errors: dict[str, list[str]] = {}
+    props: ParsedJSON | None = data.get("properties")
+
+    def add(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    if event_type != "performance":
+        stray = [name for name in PERFORMANCE_FIELDS if name in data]
+        if stray:
+            add("_schema", "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in stray))
+    limit = ERROR_PROPERTIES_MAX if event_type == "error" else PROPERTIES_MAX
+    if props is not None and props.raw_length > limit:
+        add("properties", too_long(limit))
+
+    if event_type in ("custom_event", "error") and not data.get("event_name"):
+        if "event_name" not in data:
+            add("event_name", "Required")
+        else:
+            add("event_name", "String must contain at least 1 character(s)")
+        if event_type == "custom_event":
+            add("_schema", "Custom events require event_name")
+
+    if event_type == "outbound":
+        if props is None:
+            add("properties", "Required")
+        elif not _is_outbound(props.value):
+            add("properties", "Properties must be valid JSON with outbound link fields "
+                "(url required, text and target optional)")
+    elif event_type == "error":
+        if props is None:
+            add("properties", "Required")
+        elif not _is_error(props.value):
+            add("properties", "Properties must be valid JSON with error fields "
+                "(message, stack, fileName, lineNumber, columnNumber)")
+    return errors
+
+
+def _is_outbound(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    url = value.get("url")
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        return False
+    scheme, sep, _ = url.partition(":")
+    if not sep or not _URL_SCHEME.fullmatch(scheme):
+        return False
+    return all(isinstance(value.get(k, ""), str) for k in ("text", "target"))
+
+
+def _is_error(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("message"), str):
+        return False
+    if not all(isinstance(value.get(k, ""), str) for k in ("stack", "fileName")):
+        return False
+    return all(
+        k not in value or (isinstance(value[k], int | float) and not isinstance(value[k], bool))
+        for k in ("lineNumber", "columnNumber")
+    )
+
+
+def validation_error_to_invalid_payload(schema: Schema, exc: ValidationError) -> InvalidPayload:
+    """Turn Marshmallow's error dict into zod's flattened ``fieldErrors``/``formErrors``."""
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    known = {f.data_key or name for name, f in schema.fields.items()}
+    field_errors: dict[str, list[str]] = {}
+    form_errors: list[str] = []
+    unknown: list[str] = []
+    for key, value in messages.items():
+        if key == "_schema":
+            form_errors.extend(value)
+        elif key in known:
+            field_errors[key] = list(value)
+        else:
+            unknown.append(key)
+    if unknown:
+        form_errors.insert(0, "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in unknown))
+    return InvalidPayload(field_errors, form_errors)

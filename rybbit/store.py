@@ -1,0 +1,177 @@
+"""One storage layer, driven through pymongo's collection API.
+
+With ``MONGO_URI`` it talks to that MongoDB deployment (or any MongoDB-wire server); without it,
+to montydb, an embedded document store with pymongo's API that keeps its data in SQLite files
+under the instance folder. Callers see the same ``Store`` either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pymongo
+import pymongo.errors
+from flask import Flask, current_app
+from pymongo.write_concern import WriteConcern
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "rybbit.store"
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not acknowledge in time; the client may retry."""
+
+
+class DuplicateKey(Exception):
+    """A document with the same unique key exists already."""
+
+
+# Errors that mean "try again later" rather than "this request is wrong".
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.ConnectionFailure,  # includes timeouts, AutoReconnect, NotPrimary
+    pymongo.errors.ExecutionTimeout,
+    pymongo.errors.WTimeoutError,
+    pymongo.errors.WriteConcernError,
+    sqlite3.OperationalError,  # embedded store: locked or unwritable database
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into the two outcomes callers handle: unavailable, duplicate."""
+    try:
+        yield
+    except pymongo.errors.DuplicateKeyError as exc:
+        raise DuplicateKey(str(exc)) from exc
+    except pymongo.errors.BulkWriteError as exc:
+        if all(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+            raise DuplicateKey(str(exc)) from exc
+        raise
+    except _TRANSIENT_ERRORS as exc:
+        log.warning("store unavailable: %s", type(exc).__name__)
+        raise StoreUnavailable(type(exc).__name__) from exc
+
+
+class Store:
+    """The collections the service uses, and the few operations it needs on them."""
+
+    def __init__(self, db: Any, *, embedded: bool) -> None:
+        self.db = db
+        self.embedded = embedded
+        # montydb's SQLite engine keeps its current connection on a shared attribute, so one
+        # process must not run two operations on it at once.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if embedded else contextlib.nullcontext()
+        )
+
+    @property
+    def events(self) -> Any:
+        return self.db["events"]
+
+    @property
+    def sites(self) -> Any:
+        return self.db["sites"]
+
+    @property
+    def api_keys(self) -> Any:
+        return self.db["api_keys"]
+
+    @contextlib.contextmanager
+    def op(self) -> Iterator[None]:
+        """Run one store operation: serialised on the embedded store, errors translated."""
+        with self._lock, translate_errors():
+            yield
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes the read paths need; montydb has none and skips this."""
+        if self.embedded:
+            return
+        with self.op():
+            self.events.create_index([("site_id", 1), ("timestamp", 1)])
+            self.api_keys.create_index("key_hash", unique=True)
+            self.api_keys.create_index("site_id")
+
+
+def _open_mongo(app: Flask) -> Store:
+    uri = app.config["MONGO_URI"]
+    timeout = int(app.config["MONGO_TIMEOUT_MS"])
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout,
+        connectTimeoutMS=timeout,
+        socketTimeoutMS=timeout * 3,
+        appname="rybbit-track",
+    )
+    name = app.config["MONGO_DB_NAME"]
+    if name:
+        db = client[name]
+    else:
+        db = client.get_default_database(default="rybbit")
+    db = db.with_options(write_concern=WriteConcern(**app.config["MONGO_WRITE_CONCERN"]))
+    return Store(db, embedded=False)
+
+
+def _open_embedded(app: Flask) -> Store:
+    from montydb import MontyClient, set_storage
+
+    path = os.path.join(app.instance_path, app.config["EMBEDDED_STORE_DIR"])
+    os.makedirs(path, exist_ok=True)
+    # Several gunicorn workers may open the store at once; the lock keeps them from reading a
+    # half-written storage config file.
+    with open(os.path.join(path, ".open.lock"), "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(path, "monty.storage.cfg")):
+            set_storage(path, storage="sqlite", use_bson=True, check_same_thread=False)
+        client = MontyClient(path)
+    return Store(client["rybbit"], embedded=True)
+
+
+class _StoreHolder:
+    """Opens the store on first use in each process: pymongo clients are not fork-safe."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._pid: int | None = None
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Store:
+        pid = os.getpid()
+        if self._store is not None and self._pid == pid:
+            return self._store
+        with self._lock:
+            if self._store is None or self._pid != pid:
+                if self.app.config["MONGO_URI"]:
+                    store = _open_mongo(self.app)
+                else:
+                    store = _open_embedded(self.app)
+                try:
+                    store.ensure_indexes()
+                except StoreUnavailable:
+                    # Not fatal: the indexes are created on the next process start.
+                    log.warning("could not create indexes now; the store is unavailable")
+                self._store, self._pid = store, pid
+        return self._store
+
+
+def init_app(app: Flask) -> None:
+    """Register the lazily opened store on the app."""
+    app.extensions[EXTENSION_KEY] = _StoreHolder(app)
+    target = "MongoDB" if app.config["MONGO_URI"] else "embedded store"
+    log.info("storage: %s", target)
+
+
+def get_store(app: Flask | None = None) -> Store:
+    """This process's store for ``app`` (default: the current app)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    holder: _StoreHolder = app.extensions[EXTENSION_KEY]
+    return holder.get()

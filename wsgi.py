@@ -1,0 +1,3 @@
+from rybbit import create_app
+
+app = create_app()

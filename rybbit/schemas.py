@@ -241,15 +241,16 @@ class TrackEventSchema(Schema):
     fcp = ZNumber(minimum=0, allow_none=True)
     ttfb = ZNumber(minimum=0, allow_none=True)
 
-    @validates_schema(skip_on_field_errors=False)
-    def _check_type_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _check_type_rules(self, data: dict[str, Any], original: dict[str, Any],
+                          **kwargs: Any) -> None:
         event_type = data.get("type")
         if event_type is None:
             return  # the field itself failed and says why
         if event_type not in EVENT_TYPES:
             expected = " | ".join(f"'{t}'" for t in EVENT_TYPES)
             raise ValidationError(f"Invalid discriminator value. Expected {expected}", "type")
-        errors = _type_rule_errors(event_type, data)
+        errors = _type_rule_errors(event_type, data, original)
         if errors:
             raise ValidationError(errors)
 
@@ -260,8 +261,14 @@ class TrackEventSchema(Schema):
         return data
 
 
-def _type_rule_errors(event_type: str, data: dict[str, Any]) -> dict[str, list[str]]:
-    """Per-type rules of Rybbit's discriminated union, as ``{field or _schema: [messages]}``."""
+def _type_rule_errors(
+    event_type: str, data: dict[str, Any], original: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Per-type rules of Rybbit's discriminated union, as ``{field or _schema: [messages]}``.
+
+    ``data`` holds the fields that passed their own checks; ``original`` tells a missing field
+    (reported here) from an invalid one (already reported by its field).
+    """
     errors: dict[str, list[str]] = {}
     props: ParsedJSON | None = data.get("properties")
 
@@ -276,24 +283,23 @@ def _type_rule_errors(event_type: str, data: dict[str, Any]) -> dict[str, list[s
     if props is not None and props.raw_length > limit:
         add("properties", too_long(limit))
 
-    if event_type in ("custom_event", "error") and not data.get("event_name"):
-        if "event_name" not in data:
-            add("event_name", "Required")
-        else:
-            add("event_name", "String must contain at least 1 character(s)")
+    if event_type in ("custom_event", "error") and data.get("event_name") == "":
+        add("event_name", "String must contain at least 1 character(s)")
+    if event_type in ("custom_event", "error") and "event_name" not in original:
+        add("event_name", "Required")
         if event_type == "custom_event":
             add("_schema", "Custom events require event_name")
 
-    if event_type == "outbound":
-        if props is None:
-            add("properties", "Required")
-        elif not _is_outbound(props.value):
+    if event_type in ("outbound", "error") and "properties" not in original:
+        add("properties", "Required")
+    elif props is None:
+        pass  # invalid, and its field said why
+    elif event_type == "outbound":
+        if not _is_outbound(props.value):
             add("properties", "Properties must be valid JSON with outbound link fields "
                 "(url required, text and target optional)")
     elif event_type == "error":
-        if props is None:
-            add("properties", "Required")
-        elif not _is_error(props.value):
+        if not _is_error(props.value):
             add("properties", "Properties must be valid JSON with error fields "
                 "(message, stack, fileName, lineNumber, columnNumber)")
     return errors
@@ -322,20 +328,20 @@ def _is_error(value: Any) -> bool:
     )
 
 
-def validation_error_to_invalid_payload(schema: Schema, exc: ValidationError) -> InvalidPayload:
+def validation_error_to_invalid_payload(
+    schema: Schema, exc: ValidationError, body: dict[str, Any]
+) -> InvalidPayload:
     """Turn Marshmallow's error dict into zod's flattened ``fieldErrors``/``formErrors``."""
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     known = {f.data_key or name for name, f in schema.fields.items()}
     field_errors: dict[str, list[str]] = {}
     form_errors: list[str] = []
-    unknown: list[str] = []
     for key, value in messages.items():
         if key == "_schema":
             form_errors.extend(value)
         elif key in known:
             field_errors[key] = list(value)
-        else:
-            unknown.append(key)
+    unknown = [key for key in body if key not in known]  # in the client's order, as zod does
     if unknown:
         form_errors.insert(0, "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in unknown))
     return InvalidPayload(field_errors, form_errors)

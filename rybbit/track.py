@@ -44,7 +44,7 @@ def validate_event(body: dict[str, Any]) -> dict[str, Any]:
     try:
         return _schema.load(body)
     except ValidationError as exc:
-        raise validation_error_to_invalid_payload(_schema, exc) from None
+        raise validation_error_to_invalid_payload(_schema, exc, body) from None
 
 
 @bp.post("/api/track")

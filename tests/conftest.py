@@ -1,0 +1,166 @@
+"""Fixtures: apps on a temporary instance folder, over both stores.
+
+The MongoDB-wire server is the one named by ``TEST_MONGO_URI``; without it, a FerretDB binary
+(on PATH or in Go's bin folder, as ``make setup`` builds it) is started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from rybbit import create_app, keys, sites
+from rybbit.store import get_store
+
+STORES = ["embedded", "mongo"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _find_ferretdb() -> str | None:
+    found = shutil.which("ferretdb")
+    if found:
+        return found
+    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("go") else ""
+    candidate = Path(gopath or Path.home() / "go") / "bin" / "ferretdb"
+    return str(candidate) if candidate.exists() else None
+
+
+def wait_for_mongo(uri: str, seconds: float = 20) -> None:
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                client.admin.command("ping")
+                return
+            except pymongo.errors.PyMongoError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URI of a running MongoDB-wire server (no database in the path)."""
+    uri = os.environ.get("TEST_MONGO_URI")
+    if uri:
+        wait_for_mongo(uri)
+        yield uri.rstrip("/")
+        return
+    binary = _find_ferretdb()
+    if binary is None:
+        pytest.fail("No MongoDB-wire server: set TEST_MONGO_URI or run `make setup` to build FerretDB")
+    state = tmp_path_factory.mktemp("ferretdb")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--handler=sqlite", f"--sqlite-url=file:{state}/",
+         f"--listen-addr=127.0.0.1:{port}", "--debug-addr=127.0.0.1:0",
+         "--telemetry=disable", f"--state-dir={state}", "--log-level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"mongodb://127.0.0.1:{port}"
+    try:
+        wait_for_mongo(uri)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def instance_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "instance"
+    monkeypatch.setenv("RYBBIT_INSTANCE_PATH", str(path))
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    return path
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def mongo_uri(store_kind: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh database URI for the mongo runs, None for the embedded runs."""
+    if store_kind == "embedded":
+        yield None
+        return
+    base = request.getfixturevalue("mongo_server")
+    name = f"rybbit_test_{uuid.uuid4().hex[:12]}"
+    yield f"{base}/{name}"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(base)
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def app_config(mongo_uri: str | None) -> dict[str, Any]:
+    return {"TESTING": True, "MONGO_URI": mongo_uri}
+
+
+@pytest.fixture
+def app(instance_path: Path, app_config: dict[str, Any]) -> Flask:
+    return create_app(app_config)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def site(app: Flask) -> dict[str, Any]:
+    with app.app_context():
+        return sites.create_site(get_store(), name="Example", domain="example.com")
+
+
+@pytest.fixture
+def api_key(app: Flask, site: dict[str, Any]) -> str:
+    with app.app_context():
+        return str(keys.create_key(get_store(), site["site_id"])["api_key"])
+
+
+@pytest.fixture
+def post(client: FlaskClient, site: dict[str, Any], api_key: str) -> Any:
+    """POST an event with this test's key and site filled in (unless overridden or removed)."""
+
+    def _post(path: str = "/api/track", **fields: Any) -> Any:
+        body = {"api_key": api_key, "site_id": site["site_id"], **fields}
+        body = {k: v for k, v in body.items() if v is not ...}
+        return client.post(path, json=body)
+
+    return _post
+
+
+@pytest.fixture
+def stored_events(app: Flask) -> Any:
+    """All stored events, oldest first."""
+
+    def _events() -> list[dict[str, Any]]:
+        with app.app_context():
+            store = get_store()
+            with store.op():
+                return list(store.events.find({}).sort([("timestamp", 1), ("_id", 1)]))
+
+    return _events

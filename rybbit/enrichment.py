@@ -34,6 +34,11 @@ def init_app(app: Flask, enrichers: list[Enricher] | None = None) -> None:
     app.extensions[EXTENSION_KEY] = list(enrichers or [])
 
 
+def register(app: Flask, enricher: Enricher) -> None:
+    """Append ``enricher`` to the chain; enrichers run in the order they were registered."""
+    app.extensions[EXTENSION_KEY].append(enricher)
+
+
 def enrich(app: Flask, event: dict[str, Any], context: EnrichmentContext) -> None:
     """Run every enricher on ``event`` in order, isolating failures."""
     for enricher in app.extensions[EXTENSION_KEY]:

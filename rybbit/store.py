@@ -24,6 +24,7 @@ from pymongo.write_concern import WriteConcern
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "rybbit.store"
+COLLECTIONS = ("events", "sites", "api_keys")
 
 
 class StoreUnavailable(Exception):
@@ -125,14 +126,19 @@ def _open_embedded(app: Flask) -> Store:
 
     path = os.path.join(app.instance_path, app.config["EMBEDDED_STORE_DIR"])
     os.makedirs(path, exist_ok=True)
-    # Several gunicorn workers may open the store at once; the lock keeps them from reading a
-    # half-written storage config file.
+    # Several gunicorn workers may open the store at once. montydb creates config files and
+    # collection tables on first use without guarding against other processes, so do all of
+    # that here, one process at a time.
     with open(os.path.join(path, ".open.lock"), "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(path, "monty.storage.cfg")):
             set_storage(path, storage="sqlite", use_bson=True, check_same_thread=False)
-        client = MontyClient(path)
-    return Store(client["rybbit"], embedded=True)
+        db = MontyClient(path)["rybbit"]
+        existing = set(db.list_collection_names())
+        for name in COLLECTIONS:
+            if name not in existing:
+                db.create_collection(name)
+    return Store(db, embedded=True)
 
 
 class _StoreHolder:

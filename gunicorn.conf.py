@@ -1,0 +1,18 @@
+"""gunicorn settings for rybbit-track; every value can be overridden on the command line.
+
+Threads, not more processes, absorb the wait on store acknowledgements: each worker is one
+process holding one MongoDB connection pool.
+"""
+
+import os
+
+bind = os.environ.get("RYBBIT_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("RYBBIT_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("RYBBIT_THREADS", "4"))
+# A request never legitimately runs long: store calls are bounded by MONGO_TIMEOUT_MS.
+timeout = 30
+# On SIGTERM, let in-flight requests finish their writes before the worker exits.
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"

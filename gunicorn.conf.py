@@ -16,3 +16,6 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
+# gunicorn >= 25 opens a control socket at one fixed path per user; several instances on one
+# machine (tests, staging) would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -45,5 +45,7 @@ def enrich(app: Flask, event: dict[str, Any], context: EnrichmentContext) -> Non
         try:
             enricher(event, context)
         except Exception:
-            log.exception("enricher %s failed; event stored without it",
-                          getattr(enricher, "__name__", repr(enricher)))
+            log.exception(
+                "enricher %s failed; event stored without it",
+                getattr(enricher, "__name__", repr(enricher)),
+            )

@@ -71,8 +71,9 @@ class ZString(_ZodField):
 
     expected = "string"
 
-    def __init__(self, *, min_length: int | None = None, max_length: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, min_length: int | None = None, max_length: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.min_length = min_length
         self.max_length = max_length
@@ -119,9 +120,15 @@ class ZNumber(_ZodField):
 
     expected = "number"
 
-    def __init__(self, *, integer: bool = False, positive: bool = False,
-                 minimum: float | None = None, maximum: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        integer: bool = False,
+        positive: bool = False,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.integer = integer
         self.positive = positive
@@ -242,8 +249,9 @@ class TrackEventSchema(Schema):
     ttfb = ZNumber(minimum=0, allow_none=True)
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
-    def _check_type_rules(self, data: dict[str, Any], original: dict[str, Any],
-                          **kwargs: Any) -> None:
+    def _check_type_rules(
+        self, data: dict[str, Any], original: dict[str, Any], **kwargs: Any
+    ) -> None:
         event_type = data.get("type")
         if event_type is None:
             return  # the field itself failed and says why
@@ -296,12 +304,18 @@ def _type_rule_errors(
         pass  # invalid, and its field said why
     elif event_type == "outbound":
         if not _is_outbound(props.value):
-            add("properties", "Properties must be valid JSON with outbound link fields "
-                "(url required, text and target optional)")
+            add(
+                "properties",
+                "Properties must be valid JSON with outbound link fields "
+                "(url required, text and target optional)",
+            )
     elif event_type == "error":
         if not _is_error(props.value):
-            add("properties", "Properties must be valid JSON with error fields "
-                "(message, stack, fileName, lineNumber, columnNumber)")
+            add(
+                "properties",
+                "Properties must be valid JSON with error fields "
+                "(message, stack, fileName, lineNumber, columnNumber)",
+            )
     return errors
 
 
@@ -343,5 +357,7 @@ def validation_error_to_invalid_payload(
             field_errors[key] = list(value)
     unknown = [key for key in body if key not in known]  # in the client's order, as zod does
     if unknown:
-        form_errors.insert(0, "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in unknown))
+        form_errors.insert(
+            0, "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in unknown)
+        )
     return InvalidPayload(field_errors, form_errors)

@@ -37,8 +37,11 @@ def _find_ferretdb() -> str | None:
     found = shutil.which("ferretdb")
     if found:
         return found
-    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip() \
-        if shutil.which("go") else ""
+    gopath = (
+        subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("go")
+        else ""
+    )
     candidate = Path(gopath or Path.home() / "go") / "bin" / "ferretdb"
     return str(candidate) if candidate.exists() else None
 
@@ -69,14 +72,24 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     binary = _find_ferretdb()
     if binary is None:
-        pytest.fail("No MongoDB-wire server: set TEST_MONGO_URI or run `make setup` to build FerretDB")
+        pytest.fail(
+            "No MongoDB-wire server: set TEST_MONGO_URI or run `make setup` to build FerretDB"
+        )
     state = tmp_path_factory.mktemp("ferretdb")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--handler=sqlite", f"--sqlite-url=file:{state}/",
-         f"--listen-addr=127.0.0.1:{port}", "--debug-addr=127.0.0.1:0",
-         "--telemetry=disable", f"--state-dir={state}", "--log-level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--handler=sqlite",
+            f"--sqlite-url=file:{state}/",
+            f"--listen-addr=127.0.0.1:{port}",
+            "--debug-addr=127.0.0.1:0",
+            "--telemetry=disable",
+            f"--state-dir={state}",
+            "--log-level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     uri = f"mongodb://127.0.0.1:{port}"
     try:

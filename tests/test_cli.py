@@ -15,7 +15,9 @@ def invoke(app: Flask, *args: str) -> Any:
 
 
 def test_create_site_then_key_then_track_then_export(app: Flask) -> None:
-    site = json.loads(invoke(app, "sites", "create", "--name", "Shop", "--domain", "shop.example").output)
+    site = json.loads(
+        invoke(app, "sites", "create", "--name", "Shop", "--domain", "shop.example").output
+    )
     assert site["site_id"] == "1" and site["name"] == "Shop" and site["domain"] == "shop.example"
     key = json.loads(invoke(app, "keys", "create", site["site_id"], "--name", "server").output)
     assert key["api_key"].startswith("rb_") and len(key["api_key"]) == 35
@@ -23,7 +25,9 @@ def test_create_site_then_key_then_track_then_export(app: Flask) -> None:
 
     client = app.test_client()
     for path in ("/first", "/second", "/third"):
-        response = client.post("/api/track", json={"api_key": key["api_key"], "site_id": "1", "pathname": path})
+        response = client.post(
+            "/api/track", json={"api_key": key["api_key"], "site_id": "1", "pathname": path}
+        )
         assert response.status_code == 200
 
     lines = invoke(app, "events", "export", site["site_id"]).output.splitlines()

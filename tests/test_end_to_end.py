@@ -27,8 +27,14 @@ class Service:
 
     def flask(self, *args: str) -> str:
         """Run a ``flask --app app`` command against the same instance and store."""
-        result = subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT,
-                                env=self.env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -42,9 +48,22 @@ def service(tmp_path: Path, mongo_uri: str | None) -> Iterator[Service]:
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers", "2",
-         "--bind", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -70,12 +89,16 @@ def service(tmp_path: Path, mongo_uri: str | None) -> Iterator[Service]:
 
 @pytest.fixture
 def credentials(service: Service) -> tuple[str, str]:
-    site = json.loads(service.flask("sites", "create", "--name", "API", "--domain", "api.example.com"))
+    site = json.loads(
+        service.flask("sites", "create", "--name", "API", "--domain", "api.example.com")
+    )
     key = json.loads(service.flask("keys", "create", site["site_id"]))
     return site["site_id"], key["api_key"]
 
 
-def test_concurrent_events_over_http_are_all_stored(service: Service, credentials: tuple[str, str]) -> None:
+def test_concurrent_events_over_http_are_all_stored(
+    service: Service, credentials: tuple[str, str]
+) -> None:
     site_id, api_key = credentials
     session = requests.Session()
 
@@ -86,7 +109,9 @@ def test_concurrent_events_over_http_are_all_stored(service: Service, credential
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(send, range(200)))
     assert statuses == [200] * 200
-    exported = [json.loads(line) for line in service.flask("events", "export", site_id).splitlines()]
+    exported = [
+        json.loads(line) for line in service.flask("events", "export", site_id).splitlines()
+    ]
     assert sorted(e["pathname"] for e in exported) == sorted(f"/p/{i}" for i in range(200))
 
 
@@ -114,26 +139,41 @@ def test_reference_curl_examples_verbatim(service: Service, credentials: tuple[s
     for body in (pageview, custom):
         body = body.replace("rb_your_api_key_here", api_key).replace('"123"', f'"{site_id}"')
         result = subprocess.run(
-            ["curl", "-sS", "-X", "POST", f"{service.base_url}/api/track",
-             "-H", "Content-Type: application/json", "-d", body],
-            capture_output=True, text=True, timeout=30,
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                f"{service.base_url}/api/track",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert json.loads(result.stdout) == {"success": True}
     events = [json.loads(line) for line in service.flask("events", "export", site_id).splitlines()]
     assert [e["type"] for e in events] == ["pageview", "custom_event"]
-    assert events[0]["user_agent"] == "MyApp/1.0 (Linux; x64)" and events[0]["ip_address"] == "192.168.1.1"
+    assert (
+        events[0]["user_agent"] == "MyApp/1.0 (Linux; x64)"
+        and events[0]["ip_address"] == "192.168.1.1"
+    )
     assert events[1]["properties"] == {"amount": 99.99, "currency": "USD", "product_id": "abc123"}
 
 
-def test_reference_python_example(service: Service, credentials: tuple[str, str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reference_python_example(
+    service: Service, credentials: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reference's Python client, unchanged but for the base URL."""
     site_id, api_key = credentials
     monkeypatch.setenv("RYBBIT_API_KEY", api_key)
     monkeypatch.setenv("RYBBIT_SITE_ID", site_id)
 
     def track_event(event_data: dict[str, Any]) -> Any:
-        response = requests.post(
+        response = requests.post(  # noqa: S113 - the reference's code, kept as written
             f"{service.base_url}/api/track",
             headers={"Content-Type": "application/json"},
             json={
@@ -144,17 +184,34 @@ def test_reference_python_example(service: Service, credentials: tuple[str, str]
         )
         return response.json()
 
-    assert track_event({"type": "pageview", "pathname": "/api/users", "hostname": "api.example.com"}) == {
-        "success": True}
-    assert track_event({"type": "custom_event", "pathname": "/checkout", "event_name": "purchase",
-                        "properties": json.dumps({"amount": 99.99, "currency": "USD"})}) == {"success": True}
+    assert track_event(
+        {"type": "pageview", "pathname": "/api/users", "hostname": "api.example.com"}
+    ) == {"success": True}
+    assert track_event(
+        {
+            "type": "custom_event",
+            "pathname": "/checkout",
+            "event_name": "purchase",
+            "properties": json.dumps({"amount": 99.99, "currency": "USD"}),
+        }
+    ) == {"success": True}
     events = [json.loads(line) for line in service.flask("events", "export", site_id).splitlines()]
-    assert [(e["type"], e["pathname"]) for e in events] == [("pageview", "/api/users"), ("custom_event", "/checkout")]
+    assert [(e["type"], e["pathname"]) for e in events] == [
+        ("pageview", "/api/users"),
+        ("custom_event", "/checkout"),
+    ]
 
 
 def test_errors_over_http_are_json(service: Service) -> None:
     response = requests.get(f"{service.base_url}/api/track", timeout=5)
-    assert response.status_code == 405 and response.json() == {"success": False, "error": "Method not allowed"}
-    response = requests.post(f"{service.base_url}/api/track", data="x" * 100_000,
-                             headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 405 and response.json() == {
+        "success": False,
+        "error": "Method not allowed",
+    }
+    response = requests.post(
+        f"{service.base_url}/api/track",
+        data="x" * 100_000,
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
     assert response.status_code == 413 and response.json()["success"] is False

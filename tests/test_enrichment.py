@@ -25,7 +25,9 @@ def test_enrichers_run_in_order_and_add_fields(
     enrichment.register(app, first)
     enrichment.register(app, second)
     response = app.test_client().post(
-        "/api/track", json={"api_key": api_key, "site_id": site["site_id"]}, headers={"X-Test": "yes"}
+        "/api/track",
+        json={"api_key": api_key, "site_id": site["site_id"]},
+        headers={"X-Test": "yes"},
     )
     assert response.status_code == 200
     assert stored_events()[0]["order"] == ["first", "second"]

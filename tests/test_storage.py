@@ -16,19 +16,31 @@ from rybbit import create_app, keys, sites
 from rybbit.store import get_store
 
 
-def test_stored_document_keeps_every_field(post: Any, stored_events: Any, site: dict[str, Any],
-                                           api_key: str) -> None:
+def test_stored_document_keeps_every_field(
+    post: Any, stored_events: Any, site: dict[str, Any], api_key: str
+) -> None:
     before = datetime.now(UTC)
     fields = {
-        "type": "custom_event", "pathname": "/checkout", "hostname": "shop.example",
-        "page_title": "Checkout", "referrer": "https://ref.example/", "user_id": "u-1",
-        "user_agent": "MyApp/1.0 (Linux; x64)", "ip_address": "203.0.113.9",
-        "querystring": "?utm_source=x", "language": "en", "screenWidth": 390, "screenHeight": 844,
-        "event_name": "purchase", "properties": json.dumps({"amount": 99.99, "currency": "USD"}),
+        "type": "custom_event",
+        "pathname": "/checkout",
+        "hostname": "shop.example",
+        "page_title": "Checkout",
+        "referrer": "https://ref.example/",
+        "user_id": "u-1",
+        "user_agent": "MyApp/1.0 (Linux; x64)",
+        "ip_address": "203.0.113.9",
+        "querystring": "?utm_source=x",
+        "language": "en",
+        "screenWidth": 390,
+        "screenHeight": 844,
+        "event_name": "purchase",
+        "properties": json.dumps({"amount": 99.99, "currency": "USD"}),
     }
     assert post(**fields).status_code == 200
     (event,) = stored_events()
-    expected = {k: v for k, v in fields.items() if k not in ("screenWidth", "screenHeight", "properties")}
+    expected = {
+        k: v for k, v in fields.items() if k not in ("screenWidth", "screenHeight", "properties")
+    }
     for name, value in expected.items():
         assert event[name] == value, name
     assert event["screen_width"] == 390 and event["screen_height"] == 844
@@ -61,8 +73,9 @@ def test_keys_are_stored_hashed(app: Flask, site: dict[str, Any]) -> None:
     assert doc["prefix"] == created["api_key"][:11] and doc["name"] == "backend"
 
 
-def test_several_keys_per_site_all_work(app: Flask, site: dict[str, Any], client: Any,
-                                        stored_events: Any) -> None:
+def test_several_keys_per_site_all_work(
+    app: Flask, site: dict[str, Any], client: Any, stored_events: Any
+) -> None:
     with app.app_context():
         created = [keys.create_key(get_store(), site["site_id"])["api_key"] for _ in range(3)]
     for key in created:
@@ -72,13 +85,17 @@ def test_several_keys_per_site_all_work(app: Flask, site: dict[str, Any], client
 
 
 @pytest.mark.parametrize("field", ["revoked_at", "expires_at"])
-def test_revoked_or_expired_keys_are_refused(app: Flask, post: Any, api_key: str, field: str) -> None:
+def test_revoked_or_expired_keys_are_refused(
+    app: Flask, post: Any, api_key: str, field: str
+) -> None:
     assert post().status_code == 200
     with app.app_context():
         store = get_store()
         with store.op():
-            store.api_keys.update_one({"key_hash": keys.hash_key(api_key)},
-                                      {"$set": {field: datetime.now(UTC) - timedelta(seconds=1)}})
+            store.api_keys.update_one(
+                {"key_hash": keys.hash_key(api_key)},
+                {"$set": {field: datetime.now(UTC) - timedelta(seconds=1)}},
+            )
     response = post()
     assert response.status_code == 403
     assert response.get_json() == {"success": False, "error": "Invalid API key"}
@@ -88,14 +105,18 @@ def test_future_expiry_still_works(app: Flask, post: Any, api_key: str) -> None:
     with app.app_context():
         store = get_store()
         with store.op():
-            store.api_keys.update_one({"key_hash": keys.hash_key(api_key)},
-                                      {"$set": {"expires_at": datetime.now(UTC) + timedelta(hours=1)}})
+            store.api_keys.update_one(
+                {"key_hash": keys.hash_key(api_key)},
+                {"$set": {"expires_at": datetime.now(UTC) + timedelta(hours=1)}},
+            )
     assert post().status_code == 200
 
 
 def test_site_ids_are_sequential_numbers(app: Flask) -> None:
     with app.app_context():
-        created = [sites.create_site(get_store(), name=f"s{i}", domain=f"s{i}.example") for i in range(3)]
+        created = [
+            sites.create_site(get_store(), name=f"s{i}", domain=f"s{i}.example") for i in range(3)
+        ]
     assert [s["site_id"] for s in created] == ["1", "2", "3"]
 
 

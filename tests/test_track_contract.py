@@ -50,22 +50,32 @@ def test_both_paths_accept_events(post: Any, stored_events: Any, path: str) -> N
 
 
 @pytest.mark.parametrize(("field", "limit"), STRING_LIMITS)
-def test_string_limit_accepts_the_maximum(post: Any, stored_events: Any, field: str, limit: int) -> None:
-    extra = {"type": "custom_event", "event_name": "e"} if field != "event_name" else {"type": "custom_event"}
+def test_string_limit_accepts_the_maximum(
+    post: Any, stored_events: Any, field: str, limit: int
+) -> None:
+    extra = (
+        {"type": "custom_event", "event_name": "e"}
+        if field != "event_name"
+        else {"type": "custom_event"}
+    )
     assert_ok(post(**{**extra, field: "a" * limit}))
     assert stored_events()[0][field] == "a" * limit
 
 
 @pytest.mark.parametrize(("field", "limit"), STRING_LIMITS)
-def test_string_limit_rejects_one_more(post: Any, stored_events: Any, field: str, limit: int) -> None:
+def test_string_limit_rejects_one_more(
+    post: Any, stored_events: Any, field: str, limit: int
+) -> None:
     details = assert_invalid(post(**{field: "a" * (limit + 1)}))
     assert details["fieldErrors"][field] == [f"String must contain at most {limit} character(s)"]
     assert stored_events() == []
 
 
 @pytest.mark.parametrize("field", [f for f, _ in STRING_LIMITS] + ["type", "ip_address", "api_key"])
-@pytest.mark.parametrize(("value", "received"), [(5, "number"), (True, "boolean"), ([], "array"),
-                                                 ({}, "object"), (None, "null")])
+@pytest.mark.parametrize(
+    ("value", "received"),
+    [(5, "number"), (True, "boolean"), ([], "array"), ({}, "object"), (None, "null")],
+)
 def test_string_fields_reject_other_types(post: Any, field: str, value: Any, received: str) -> None:
     details = assert_invalid(post(**{field: value}))
     assert details["fieldErrors"][field] == [f"Expected string, received {received}"]
@@ -91,11 +101,14 @@ def test_screen_sizes_are_positive_integers(post: Any, stored_events: Any, field
     assert_ok(post(**{field: 1920}))
     stored_name = {"screenWidth": "screen_width", "screenHeight": "screen_height"}[field]
     assert stored_events()[0][stored_name] == 1920
-    for bad, message in [(0, "Number must be greater than 0"), (-5, "Number must be greater than 0"),
-                         (1.5, "Expected integer, received float"),
-                         ("1920", "Expected number, received string"),
-                         (True, "Expected number, received boolean"),
-                         (10**30, "Number must be less than or equal to 65535")]:
+    for bad, message in [
+        (0, "Number must be greater than 0"),
+        (-5, "Number must be greater than 0"),
+        (1.5, "Expected integer, received float"),
+        ("1920", "Expected number, received string"),
+        (True, "Expected number, received boolean"),
+        (10**30, "Number must be less than or equal to 65535"),
+    ]:
         details = assert_invalid(post(**{field: bad}))
         assert details["fieldErrors"][field] == [message], bad
 
@@ -157,7 +170,9 @@ def test_unknown_type_is_rejected(post: Any) -> None:
 
 
 def test_every_field_error_is_reported_at_once(post: Any) -> None:
-    details = assert_invalid(post(type="custom_event", page_title=1, screenWidth=-1, language="x" * 40))
+    details = assert_invalid(
+        post(type="custom_event", page_title=1, screenWidth=-1, language="x" * 40)
+    )
     assert set(details["fieldErrors"]) == {"event_name", "page_title", "screenWidth", "language"}
     assert "Custom events require event_name" in details["formErrors"]
 
@@ -176,15 +191,29 @@ class TestCustomEvents:
 
     def test_empty_event_name_is_rejected(self, post: Any) -> None:
         details = assert_invalid(post(type="custom_event", event_name=""))
-        assert details["fieldErrors"]["event_name"] == ["String must contain at least 1 character(s)"]
+        assert details["fieldErrors"]["event_name"] == [
+            "String must contain at least 1 character(s)"
+        ]
 
     def test_properties_are_optional(self, post: Any, stored_events: Any) -> None:
         assert_ok(post(type="custom_event", event_name="signup"))
         assert "properties" not in stored_events()[0]
 
-    @pytest.mark.parametrize("props", ["{not json", "{'a': 1}", "", '{"a": NaN}', '{"a": Infinity}',
-                                       '{"a": 1, "a": 2}', "[" * 40 + "]" * 40])
-    def test_invalid_json_properties_are_rejected(self, post: Any, stored_events: Any, props: str) -> None:
+    @pytest.mark.parametrize(
+        "props",
+        [
+            "{not json",
+            "{'a': 1}",
+            "",
+            '{"a": NaN}',
+            '{"a": Infinity}',
+            '{"a": 1, "a": 2}',
+            "[" * 40 + "]" * 40,
+        ],
+    )
+    def test_invalid_json_properties_are_rejected(
+        self, post: Any, stored_events: Any, props: str
+    ) -> None:
         details = assert_invalid(post(type="custom_event", event_name="e", properties=props))
         assert details["fieldErrors"]["properties"] == ["Properties must be a valid JSON string"]
         assert stored_events() == []
@@ -196,10 +225,18 @@ class TestCustomEvents:
     def test_keys_mongodb_would_misread_are_escaped(self, post: Any, stored_events: Any) -> None:
         props = {"$set": 1, "a.b": {"c.d": 2}, "plain": 3}
         assert_ok(post(type="custom_event", event_name="e", properties=json.dumps(props)))
-        assert stored_events()[0]["properties"] == {"\uff04set": 1, "a\uff0eb": {"c\uff0ed": 2}, "plain": 3}
+        assert stored_events()[0]["properties"] == {
+            "\uff04set": 1,
+            "a\uff0eb": {"c\uff0ed": 2},
+            "plain": 3,
+        }
 
-    def test_integers_beyond_64_bits_are_kept_as_doubles(self, post: Any, stored_events: Any) -> None:
-        assert_ok(post(type="custom_event", event_name="e", properties='{"n": 100000000000000000000}'))
+    def test_integers_beyond_64_bits_are_kept_as_doubles(
+        self, post: Any, stored_events: Any
+    ) -> None:
+        assert_ok(
+            post(type="custom_event", event_name="e", properties='{"n": 100000000000000000000}')
+        )
         assert stored_events()[0]["properties"] == {"n": 1e20}
 
 
@@ -207,7 +244,13 @@ class TestPerformanceEvents:
     def test_metrics_are_stored(self, post: Any, stored_events: Any) -> None:
         assert_ok(post(type="performance", lcp=1200.5, cls=0.02, inp=80, fcp=None, ttfb=0))
         event = stored_events()[0]
-        assert (event["lcp"], event["cls"], event["inp"], event["fcp"], event["ttfb"]) == (1200.5, 0.02, 80, None, 0)
+        assert (event["lcp"], event["cls"], event["inp"], event["fcp"], event["ttfb"]) == (
+            1200.5,
+            0.02,
+            80,
+            None,
+            0,
+        )
 
     @pytest.mark.parametrize("metric", ["lcp", "cls", "inp", "fcp", "ttfb"])
     def test_metrics_must_be_non_negative_numbers(self, post: Any, metric: str) -> None:
@@ -227,8 +270,16 @@ class TestOutboundEvents:
         assert_ok(post(type="outbound", properties=json.dumps(props)))
         assert stored_events()[0]["properties"] == props
 
-    @pytest.mark.parametrize("props", ['{"text": "no url"}', '{"url": ""}', '{"url": "not a url"}',
-                                       '{"url": "https://x.example", "text": 5}', '["https://x.example"]'])
+    @pytest.mark.parametrize(
+        "props",
+        [
+            '{"text": "no url"}',
+            '{"url": ""}',
+            '{"url": "not a url"}',
+            '{"url": "https://x.example", "text": 5}',
+            '["https://x.example"]',
+        ],
+    )
     def test_url_is_required_and_valid(self, post: Any, props: str) -> None:
         details = assert_invalid(post(type="outbound", properties=props))
         assert details["fieldErrors"]["properties"] == [
@@ -242,13 +293,25 @@ class TestOutboundEvents:
 
 class TestErrorEvents:
     def test_error_is_stored(self, post: Any, stored_events: Any) -> None:
-        props = {"message": "x is undefined", "stack": "at f (a.js:1:2)", "fileName": "a.js",
-                 "lineNumber": 1, "columnNumber": 2}
+        props = {
+            "message": "x is undefined",
+            "stack": "at f (a.js:1:2)",
+            "fileName": "a.js",
+            "lineNumber": 1,
+            "columnNumber": 2,
+        }
         assert_ok(post(type="error", event_name="TypeError", properties=json.dumps(props)))
         assert stored_events()[0]["properties"] == props
 
-    @pytest.mark.parametrize("props", ['{"stack": "s"}', '{"message": 5}', '{"message": "m", "lineNumber": "1"}',
-                                       '{"message": "m", "fileName": 1}'])
+    @pytest.mark.parametrize(
+        "props",
+        [
+            '{"stack": "s"}',
+            '{"message": 5}',
+            '{"message": "m", "lineNumber": "1"}',
+            '{"message": "m", "fileName": 1}',
+        ],
+    )
     def test_message_is_required_and_fields_typed(self, post: Any, props: str) -> None:
         details = assert_invalid(post(type="error", event_name="TypeError", properties=props))
         assert details["fieldErrors"]["properties"] == [
@@ -261,35 +324,50 @@ class TestErrorEvents:
 
 
 class TestBodyErrors:
-    @pytest.mark.parametrize(("body", "message"), [
-        (b"{not json", "Malformed JSON"),
-        (b"", "Malformed JSON"),
-        (b'{"a": NaN}', "Malformed JSON"),
-        (b'{"site_id": "1", "site_id": "2"}', "Malformed JSON"),
-        (b"\xff\xfe{}", "Malformed JSON"),
-        (b"[" * 5000 + b"]" * 5000, "Malformed JSON"),
-        (b"[]", "Expected object, received array"),
-        (b'"text"', "Expected object, received string"),
-        (b"null", "Expected object, received null"),
-        (b"42", "Expected object, received number"),
-    ])
-    def test_unusable_bodies_get_the_payload_error(self, client: Any, body: bytes, message: str) -> None:
-        details = assert_invalid(client.post("/api/track", data=body, content_type="application/json"))
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            (b"{not json", "Malformed JSON"),
+            (b"", "Malformed JSON"),
+            (b'{"a": NaN}', "Malformed JSON"),
+            (b'{"site_id": "1", "site_id": "2"}', "Malformed JSON"),
+            (b"\xff\xfe{}", "Malformed JSON"),
+            (b"[" * 5000 + b"]" * 5000, "Malformed JSON"),
+            (b"[]", "Expected object, received array"),
+            (b'"text"', "Expected object, received string"),
+            (b"null", "Expected object, received null"),
+            (b"42", "Expected object, received number"),
+        ],
+    )
+    def test_unusable_bodies_get_the_payload_error(
+        self, client: Any, body: bytes, message: str
+    ) -> None:
+        details = assert_invalid(
+            client.post("/api/track", data=body, content_type="application/json")
+        )
         assert details["fieldErrors"] == {}
         assert len(details["formErrors"]) == 1 and details["formErrors"][0].startswith(message)
 
-    @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+    @pytest.mark.parametrize(
+        "content_type", ["text/plain", "application/x-www-form-urlencoded", None]
+    )
     def test_wrong_content_type_is_invalid(self, client: Any, content_type: str | None) -> None:
         response = client.post("/api/track", data='{"site_id": "1"}', content_type=content_type)
         details = assert_invalid(response)
         assert details["formErrors"] == ["Content-Type must be application/json"]
 
-    def test_charset_parameter_is_fine(self, client: Any, site: dict[str, Any], api_key: str) -> None:
+    def test_charset_parameter_is_fine(
+        self, client: Any, site: dict[str, Any], api_key: str
+    ) -> None:
         body = json.dumps({"api_key": api_key, "site_id": site["site_id"]})
-        assert_ok(client.post("/api/track", data=body, content_type="application/json; charset=utf-8"))
+        assert_ok(
+            client.post("/api/track", data=body, content_type="application/json; charset=utf-8")
+        )
 
     def test_oversized_body_is_413_before_parsing(self, client: Any, stored_events: Any) -> None:
-        response = client.post("/api/track", data=b"{" + b" " * 70_000 + b"}", content_type="application/json")
+        response = client.post(
+            "/api/track", data=b"{" + b" " * 70_000 + b"}", content_type="application/json"
+        )
         assert response.status_code == 413
         assert response.get_json() == {"success": False, "error": "Payload too large"}
         assert stored_events() == []
@@ -306,16 +384,32 @@ class TestBodyErrors:
         assert response.status_code == 404
         assert response.get_json() == {"success": False, "error": "Not found"}
 
-    def test_lone_surrogate_strings_are_rejected(self, client: Any, site: dict[str, Any], api_key: str) -> None:
-        body = '{"api_key": "%s", "site_id": "%s", "page_title": "\\ud800"}' % (api_key, site["site_id"])
-        details = assert_invalid(client.post("/api/track", data=body, content_type="application/json"))
+    def test_lone_surrogate_strings_are_rejected(
+        self, client: Any, site: dict[str, Any], api_key: str
+    ) -> None:
+        # json.dumps writes the lone surrogate as the escape "\ud800", which is valid JSON text.
+        body = json.dumps({"api_key": api_key, "site_id": site["site_id"], "page_title": "\ud800"})
+        details = assert_invalid(
+            client.post("/api/track", data=body, content_type="application/json")
+        )
         assert details["fieldErrors"]["page_title"] == ["Invalid string: unpaired surrogate"]
 
 
 class TestAuthentication:
-    @pytest.mark.parametrize("bad_key", ["rb_your_api_key_here", "rb_" + "0" * 32, "rb_" + "A" * 32,
-                                         "xx_" + "0" * 32, "", "rb_" + "0" * 33])
-    def test_malformed_or_unknown_key_is_403(self, post: Any, stored_events: Any, bad_key: str) -> None:
+    @pytest.mark.parametrize(
+        "bad_key",
+        [
+            "rb_your_api_key_here",
+            "rb_" + "0" * 32,
+            "rb_" + "A" * 32,
+            "xx_" + "0" * 32,
+            "",
+            "rb_" + "0" * 33,
+        ],
+    )
+    def test_malformed_or_unknown_key_is_403(
+        self, post: Any, stored_events: Any, bad_key: str
+    ) -> None:
         response = post(api_key=bad_key)
         assert response.status_code == 403
         assert response.get_json() == {"success": False, "error": "Invalid API key"}

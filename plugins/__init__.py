@@ -1,0 +1,1 @@
+"""Built-in enrichers, shipped with rybbit-track. Third-party code must not import this package."""

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from . import keys, sites
-from .events import _json_default, event_to_json
+from .events import event_to_json, iter_events, json_default
 from .store import get_store
 
 sites_cli = AppGroup("sites", help="Manage sites.")
@@ -19,7 +19,7 @@ events_cli = AppGroup("events", help="Read stored events.")
 
 
 def _echo_json(obj: dict[str, Any]) -> None:
-    click.echo(json.dumps(obj, default=_json_default))
+    click.echo(json.dumps(obj, default=json_default))
 
 
 @sites_cli.command("create")
@@ -45,11 +45,8 @@ def create_key_command(site_id: str, name: str | None) -> None:
 @click.argument("site_id")
 def export_events_command(site_id: str) -> None:
     """Print SITE_ID's stored events as NDJSON, oldest first."""
-    store = get_store()
-    with store.op():
-        cursor = store.events.find({"site_id": site_id}).sort([("timestamp", 1), ("_id", 1)])
-        for event in cursor:
-            click.echo(event_to_json(event))
+    for event in iter_events(get_store(), site_id, newest_first=False):
+        click.echo(event_to_json(event))
 
 
 def init_app(app: Flask) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,8 @@ def build_event(payload: dict[str, Any], *, key_id: str, received_at: datetime) 
     return event
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps`` fallback for what documents hold: dates as ISO 8601 UTC, ids as text."""
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -47,4 +49,67 @@ def event_to_json(event: dict[str, Any]) -> str:
     """One event as a JSON line: ``_id`` becomes ``id``, dates ISO 8601 in UTC."""
     doc = dict(event)
     doc["id"] = doc.pop("_id", None)
-    return json.dumps(doc, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(doc, default=json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_cursor(event: dict[str, Any]) -> str:
+    stamp = event["timestamp"]
+    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    return f"{int(stamp.timestamp() * 1000)}_{event['_id']}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, ObjectId]:
+    """Inverse of ``encode_cursor``; ValueError for anything else."""
+    millis, _, oid = cursor.partition("_")
+    return datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid)
+
+
+def query_events(
+    store: Any,
+    site_id: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    event_type: str | None = None,
+    newest_first: bool = True,
+    limit: int = 100,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    """One page of a site's events in ``[start, end)``, ordered by timestamp then id.
+
+    ``after`` is the cursor of the last event of the previous page.
+    """
+    query: dict[str, Any] = {"site_id": site_id}
+    window: dict[str, Any] = {}
+    if start is not None:
+        window["$gte"] = start
+    if end is not None:
+        window["$lt"] = end
+    if window:
+        query["timestamp"] = window
+    if event_type is not None:
+        query["type"] = event_type
+    if after is not None:
+        stamp, oid = decode_cursor(after)
+        beyond = "$lt" if newest_first else "$gt"
+        query["$or"] = [
+            {"timestamp": {beyond: stamp}},
+            {"timestamp": stamp, "_id": {beyond: oid}},
+        ]
+    direction = -1 if newest_first else 1
+    with store.op():
+        cursor = store.events.find(query).sort([("timestamp", direction), ("_id", direction)])
+        return list(cursor.limit(limit))
+
+
+def iter_events(
+    store: Any, site_id: str, page_size: int = 1000, **filters: Any
+) -> Iterator[dict[str, Any]]:
+    """Every matching event, fetched a page at a time so no store call runs long."""
+    after = None
+    while True:
+        page = query_events(store, site_id, limit=page_size, after=after, **filters)
+        yield from page
+        if len(page) < page_size:
+            return
+        after = encode_cursor(page[-1])

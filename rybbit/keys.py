@@ -7,13 +7,18 @@ and looking a key up by its digest keeps the comparison free of timing leaks.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
-from datetime import UTC, datetime
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ApiError
-from .store import Store
+from .store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 KEY_FORMAT = re.compile(r"rb_[0-9a-f]{32}")
 PREFIX_LENGTH = 11  # "rb_" and 8 hex digits: enough to tell keys apart in lists and logs
@@ -31,7 +36,9 @@ def key_prefix(api_key: str) -> str:
     return api_key[:PREFIX_LENGTH]
 
 
-def create_key(store: Store, site_id: str, name: str | None = None) -> dict[str, Any]:
+def create_key(
+    store: Store, site_id: str, name: str | None = None, expires_at: datetime | None = None
+) -> dict[str, Any]:
     """Store a new key for ``site_id``; the returned dict is the only place the key appears."""
     api_key = generate_key()
     doc = {
@@ -43,18 +50,46 @@ def create_key(store: Store, site_id: str, name: str | None = None) -> dict[str,
         "created_at": datetime.now(UTC),
         "last_used_at": None,
         "revoked_at": None,
-        "expires_at": None,
+        "expires_at": expires_at,
     }
     with store.op():
         store.api_keys.insert_one(doc)
-    return {
-        "id": doc["_id"],
-        "api_key": api_key,
-        "prefix": doc["prefix"],
-        "name": name,
-        "site_id": site_id,
-        "created_at": doc["created_at"],
-    }
+    return {"id": doc["_id"], "api_key": api_key, **_public_fields(doc)}
+
+
+def list_keys(store: Store, site_id: str) -> list[dict[str, Any]]:
+    """The site's keys, oldest first, without secrets."""
+    with store.op():
+        docs = list(store.api_keys.find({"site_id": site_id}).sort("created_at", 1))
+    return [public_key(doc) for doc in docs]
+
+
+def revoke_key(store: Store, site_id: str, key_id: str) -> dict[str, Any] | None:
+    """Revoke at once; revoking twice keeps the first time. None if the site has no such key."""
+    with store.op():
+        store.api_keys.update_one(
+            {"_id": key_id, "site_id": site_id, "revoked_at": None},
+            {"$set": {"revoked_at": datetime.now(UTC)}},
+        )
+        doc = store.api_keys.find_one({"_id": key_id, "site_id": site_id})
+    return public_key(doc) if doc else None
+
+
+def rotate_key(
+    store: Store, site_id: str, key_id: str, grace_seconds: int
+) -> dict[str, Any] | None:
+    """A new key with the old one's name; the old one expires after ``grace_seconds``."""
+    with store.op():
+        old = store.api_keys.find_one({"_id": key_id, "site_id": site_id, "revoked_at": None})
+    if old is None or _expired(old, datetime.now(UTC)):
+        return None
+    new = create_key(store, site_id, name=old.get("name"))
+    ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
+    current = old.get("expires_at")
+    if current is None or _aware(current) > ends:
+        with store.op():
+            store.api_keys.update_one({"_id": key_id}, {"$set": {"expires_at": ends}})
+    return {**new, "replaces": key_id, "replaced_key_expires_at": ends}
 
 
 def authenticate(store: Store, site_id: str, api_key: str) -> dict[str, Any]:
@@ -63,14 +98,72 @@ def authenticate(store: Store, site_id: str, api_key: str) -> dict[str, Any]:
         raise ApiError(403, "Invalid API key")
     with store.op():
         doc = store.api_keys.find_one({"key_hash": hash_key(api_key)})
-    if doc is None or doc["site_id"] != site_id or doc.get("revoked_at") is not None:
-        raise ApiError(403, "Invalid API key")
-    expires_at = doc.get("expires_at")
-    if expires_at is not None and _aware(expires_at) <= datetime.now(UTC):
+    if (
+        doc is None
+        or doc["site_id"] != site_id
+        or doc.get("revoked_at") is not None
+        or _expired(doc, datetime.now(UTC))
+    ):
         raise ApiError(403, "Invalid API key")
     return doc
+
+
+def public_key(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc["_id"], **_public_fields(doc)}
+
+
+def _public_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prefix": doc["prefix"],
+        "name": doc.get("name"),
+        "site_id": doc["site_id"],
+        "created_at": doc["created_at"],
+        "last_used_at": doc.get("last_used_at"),
+        "revoked_at": doc.get("revoked_at"),
+        "expires_at": doc.get("expires_at"),
+    }
+
+
+def _expired(doc: dict[str, Any], now: datetime) -> bool:
+    expires_at = doc.get("expires_at")
+    return expires_at is not None and _aware(expires_at) <= now
 
 
 def _aware(moment: datetime) -> datetime:
     # montydb hands back naive datetimes; everything stored here is UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class UsageRecorder:
+    """Keeps ``last_used_at`` without a write per event: at most one write per key per interval.
+
+    Each process remembers when each key was last used and writes the latest time once the
+    interval has passed since its previous write, so the stored value lags by at most the
+    interval.
+    """
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval = interval_seconds
+        self._pending: dict[str, datetime] = {}
+        self._last_flush = 0.0
+        self._lock = threading.Lock()
+
+    def touch(self, store: Store, key_id: str, moment: datetime) -> None:
+        with self._lock:
+            self._pending[key_id] = moment
+            now = time.monotonic()
+            if now - self._last_flush < self.interval:
+                return
+            pending, self._pending = self._pending, {}
+            self._last_flush = now
+        try:
+            for pending_id, used_at in pending.items():
+                with store.op():
+                    store.api_keys.update_one(
+                        {"_id": pending_id}, {"$max": {"last_used_at": used_at}}
+                    )
+        except StoreUnavailable:
+            log.warning("could not record key usage now; will retry with the next flush")
+            with self._lock:
+                for pending_id, used_at in pending.items():
+                    self._pending.setdefault(pending_id, used_at)

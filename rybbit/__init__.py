@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the application: config, storage, enrichment, routes, error handlers, CLI."""
+    _configure_logging()
     app = Flask(__name__, instance_path=instance_path_from_env(), instance_relative_config=True)
     load_config(app, test_config)
     app.json.sort_keys = False  # keep bodies in the contract's field order
@@ -24,6 +25,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     store.init_app(app)
     enrichment.init_app(app)
     errors.init_app(app)
-    app.register_blueprint(track.bp)
+    track.init_app(app)
     cli.init_app(app)
     return app
+
+
+def _configure_logging() -> None:
+    # Under gunicorn or flask the root logger has no handler; give our loggers one so warnings
+    # and tracebacks reach the server log. An application that configured logging keeps its own.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        )

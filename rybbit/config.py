@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "EMBEDDED_STORE_DIR": "data",
     # Seconds a client is told to wait when the store is unavailable.
     "STORE_RETRY_AFTER": 2,
+    # How often each process writes API keys' last_used_at (seconds); never once per event.
+    "KEY_USAGE_FLUSH_SECONDS": 60,
+    # Bearer token for /api/admin; unset disables the admin API.
+    "ADMIN_TOKEN": None,
     # Request bodies above this size get a 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }

@@ -23,7 +23,10 @@ class EnrichmentContext:
     """What an enricher may read besides the event: the site and the request's transport facts."""
 
     site: dict[str, Any]
+    #: The peer address of the HTTP connection.
     remote_addr: str | None
+    #: The visitor's address: the body's ``ip_address``, else ``remote_addr``.
+    client_ip: str | None
     headers: Mapping[str, str]
 
 

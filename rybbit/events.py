@@ -38,8 +38,7 @@ def build_event(payload: dict[str, Any], *, key_id: str, received_at: datetime) 
 def json_default(value: Any) -> Any:
     """``json.dumps`` fallback for what documents hold: dates as ISO 8601 UTC, ids as text."""
     if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, ObjectId):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
@@ -53,9 +52,7 @@ def event_to_json(event: dict[str, Any]) -> str:
 
 
 def encode_cursor(event: dict[str, Any]) -> str:
-    stamp = event["timestamp"]
-    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-    return f"{int(stamp.timestamp() * 1000)}_{event['_id']}"
+    return f"{int(event['timestamp'].timestamp() * 1000)}_{event['_id']}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, ObjectId]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ApiError
-from .store import Store, StoreUnavailable
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def rotate_key(
     new = create_key(store, site_id, name=old.get("name"))
     ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
     current = old.get("expires_at")
-    if current is None or _aware(current) > ends:
+    if current is None or current > ends:
         with store.op():
             store.api_keys.update_one({"_id": key_id}, {"$set": {"expires_at": ends}})
     return {**new, "replaces": key_id, "replaced_key_expires_at": ends}
@@ -126,12 +126,7 @@ def _public_fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _expired(doc: dict[str, Any], now: datetime) -> bool:
     expires_at = doc.get("expires_at")
-    return expires_at is not None and _aware(expires_at) <= now
-
-
-def _aware(moment: datetime) -> datetime:
-    # montydb hands back naive datetimes; everything stored here is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return expires_at is not None and expires_at <= now
 
 
 class UsageRecorder:
@@ -149,6 +144,10 @@ class UsageRecorder:
         self._lock = threading.Lock()
 
     def touch(self, store: Store, key_id: str, moment: datetime) -> None:
+        """Note a use of ``key_id``; write pending uses if the interval has passed.
+
+        Never raises: the event this use belongs to is already stored.
+        """
         with self._lock:
             self._pending[key_id] = moment
             now = time.monotonic()
@@ -162,8 +161,8 @@ class UsageRecorder:
                     store.api_keys.update_one(
                         {"_id": pending_id}, {"$max": {"last_used_at": used_at}}
                     )
-        except StoreUnavailable:
-            log.warning("could not record key usage now; will retry with the next flush")
+        except Exception as exc:
+            log.warning("could not record key usage now (%s); retrying later", type(exc).__name__)
             with self._lock:
                 for pending_id, used_at in pending.items():
                     self._pending.setdefault(pending_id, used_at)

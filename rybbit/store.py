@@ -133,7 +133,8 @@ def _open_embedded(app: Flask) -> Store:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(path, "monty.storage.cfg")):
             set_storage(path, storage="sqlite", use_bson=True, check_same_thread=False)
-        db = MontyClient(path)["rybbit"]
+        # tz_aware as for pymongo: both stores hand back UTC-aware datetimes.
+        db = MontyClient(path, tz_aware=True)["rybbit"]
         existing = set(db.list_collection_names())
         for name in COLLECTIONS:
             if name not in existing:

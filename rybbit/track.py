@@ -2,66 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from marshmallow import ValidationError
 
-from . import enrichment, keys, sites
-from .errors import ApiError, InvalidPayload
+from . import enrichment, keys, site_rules, sites
+from .errors import ApiError
 from .events import build_event, now_ms
-from .schemas import TrackEventSchema, js_type, loads_strict, validation_error_to_invalid_payload
+from .payloads import load, read_json_object
+from .schemas import TrackEventSchema
 from .store import get_store
 
 bp = Blueprint("track", __name__)
 
 _schema = TrackEventSchema()
-
-
-def _is_json_mimetype(mimetype: str) -> bool:
-    return mimetype == "application/json" or (
-        mimetype.startswith("application/") and mimetype.endswith("+json")
-    )
-
-
-def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or an InvalidPayload saying what is wrong with it."""
-    if not _is_json_mimetype(request.mimetype):
-        raise InvalidPayload(form_errors=["Content-Type must be application/json"])
-    raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 before any parsing
-    try:
-        body = loads_strict(raw)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise InvalidPayload(form_errors=[f"Malformed JSON: {reason}"]) from None
-    if not isinstance(body, dict):
-        raise InvalidPayload(form_errors=[f"Expected object, received {js_type(body)}"])
-    return body
-
-
-def validate_event(body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return _schema.load(body)
-    except ValidationError as exc:
-        raise validation_error_to_invalid_payload(_schema, exc, body) from None
+USAGE_KEY = "rybbit.key_usage"
 
 
 @bp.post("/api/track")
 @bp.post("/track")
 def track() -> ResponseReturnValue:
-    payload = validate_event(read_json_object())
+    payload = load(_schema, read_json_object())
     store = get_store()
     site = sites.find_site(store, payload["site_id"])
     if site is None:
         raise ApiError(404, "Site not found")
     key = keys.authenticate(store, payload["site_id"], payload["api_key"])
+    received_at = now_ms()
 
-    event = build_event(payload, key_id=key["_id"], received_at=now_ms())
+    # A body IP is trusted because the request carries a valid key (server-side tracking).
+    client_ip = payload.get("ip_address") or request.remote_addr
+    event = build_event(payload, key_id=key["_id"], received_at=received_at)
     context = enrichment.EnrichmentContext(
-        site=site, remote_addr=request.remote_addr, headers=request.headers
+        site=site, remote_addr=request.remote_addr, client_ip=client_ip, headers=request.headers
     )
     enrichment.enrich(current_app, event, context)
+
+    settings = sites.settings_of(site)
+    reason = site_rules.exclusion_reason(settings, event, client_ip)
+    if reason is not None:
+        return jsonify(success=True, message=f"Event not tracked - {reason}")
+    site_rules.apply_ip_policy(settings, event, client_ip)
     with store.op():
         store.events.insert_one(event)
+    usage_recorder(current_app).touch(store, key["_id"], received_at)
     return jsonify(success=True)
+
+
+def usage_recorder(app: Flask) -> keys.UsageRecorder:
+    return app.extensions[USAGE_KEY]  # type: ignore[no-any-return]
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[USAGE_KEY] = keys.UsageRecorder(app.config["KEY_USAGE_FLUSH_SECONDS"])
+    app.register_blueprint(bp)

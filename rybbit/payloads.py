@@ -1,0 +1,40 @@
+"""Reading JSON request bodies and loading them through a schema, with contract errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from marshmallow import Schema, ValidationError
+
+from .errors import InvalidPayload
+from .schemas import js_type, loads_strict, validation_error_to_invalid_payload
+
+
+def _is_json_mimetype(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or an InvalidPayload saying what is wrong with it."""
+    if not _is_json_mimetype(request.mimetype):
+        raise InvalidPayload(form_errors=["Content-Type must be application/json"])
+    raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 before any parsing
+    try:
+        body = loads_strict(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidPayload(form_errors=[f"Malformed JSON: {reason}"]) from None
+    if not isinstance(body, dict):
+        raise InvalidPayload(form_errors=[f"Expected object, received {js_type(body)}"])
+    return body
+
+
+def load(schema: Schema, data: dict[str, Any]) -> dict[str, Any]:
+    """``schema.load(data)``, with failures raised as the contract's 400."""
+    try:
+        return schema.load(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise validation_error_to_invalid_payload(schema, exc, data) from None

@@ -1,0 +1,49 @@
+"""What a site's settings do to an accepted event: drop it, or strip what it may not keep."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Any
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=1024)
+def _networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    # Settings are read per request; parsing each distinct list once keeps that cheap.
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:
+    if not client_ip or not excluded:
+        return False
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(tuple(excluded)))
+
+
+def exclusion_reason(
+    settings: dict[str, Any], event: dict[str, Any], client_ip: str | None
+) -> str | None:
+    """Why the site does not want this event (Rybbit's wording), or None to keep it."""
+    if settings.get("block_bots") and event.get("is_bot"):
+        return "bot detected"
+    if ip_excluded(client_ip, settings.get("excluded_ips", [])):
+        return "IP excluded"
+    country = event.get("country")
+    if country and country in settings.get("excluded_countries", []):
+        return "country excluded"
+    return None
+
+
+def apply_ip_policy(settings: dict[str, Any], event: dict[str, Any], client_ip: str | None) -> None:
+    """Keep the client's IP only for sites that opted in (``track_ip``)."""
+    if settings.get("track_ip") and client_ip:
+        event["ip_address"] = client_ip
+    else:
+        event.pop("ip_address", None)

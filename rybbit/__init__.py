@@ -8,8 +8,9 @@ from typing import Any
 
 from flask import Flask
 
-from . import cli, enrichment, errors, store, track
+from . import admin, cli, enrichment, errors, store, track
 from .config import instance_path_from_env, load_config
+from .jsonutil import JSONProvider
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +20,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _configure_logging()
     app = Flask(__name__, instance_path=instance_path_from_env(), instance_relative_config=True)
     load_config(app, test_config)
-    app.json.sort_keys = False  # keep bodies in the contract's field order
+    app.json = JSONProvider(app)
     os.makedirs(app.instance_path, exist_ok=True)
 
     store.init_app(app)
     enrichment.init_app(app)
     errors.init_app(app)
     track.init_app(app)
+    admin.init_app(app)
     cli.init_app(app)
     return app
 

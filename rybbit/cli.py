@@ -10,7 +10,8 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from . import keys, sites
-from .events import event_to_json, iter_events, json_default
+from .events import event_to_json, iter_events
+from .jsonutil import json_default
 from .store import get_store
 
 sites_cli = AppGroup("sites", help="Manage sites.")

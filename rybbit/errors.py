@@ -30,11 +30,18 @@ _MESSAGES = {
 class ApiError(Exception):
     """An error answered with ``{"success": false, "error": message}`` and ``status``."""
 
-    def __init__(self, status: int, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.headers = headers or {}
 
 
 class InvalidPayload(ApiError):
@@ -59,7 +66,9 @@ def error_response(status: int, message: str, details: Any = None) -> Response:
 
 
 def _handle_api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.message, exc.details)
+    response = error_response(exc.status, exc.message, exc.details)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _handle_http_exception(exc: HTTPException) -> Response:

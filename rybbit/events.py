@@ -9,6 +9,8 @@ from typing import Any
 
 from bson import ObjectId
 
+from .jsonutil import json_default
+
 # Payload names that are stored under Rybbit's column names.
 _RENAMED = {"screenWidth": "screen_width", "screenHeight": "screen_height"}
 # Never stored: the credential is replaced by the id of the key that was used.
@@ -35,20 +37,18 @@ def build_event(payload: dict[str, Any], *, key_id: str, received_at: datetime) 
     return event
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps`` fallback for what documents hold: dates as ISO 8601 UTC, ids as text."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, ObjectId):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+def public_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the API shows it: ``_id`` becomes ``id``."""
+    doc = dict(event)
+    doc["id"] = doc.pop("_id", None)
+    return doc
 
 
 def event_to_json(event: dict[str, Any]) -> str:
     """One event as a JSON line: ``_id`` becomes ``id``, dates ISO 8601 in UTC."""
-    doc = dict(event)
-    doc["id"] = doc.pop("_id", None)
-    return json.dumps(doc, default=json_default, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        public_event(event), default=json_default, ensure_ascii=False, separators=(",", ":")
+    )
 
 
 def encode_cursor(event: dict[str, Any]) -> str:

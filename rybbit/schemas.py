@@ -345,19 +345,28 @@ def _is_error(value: Any) -> bool:
 def validation_error_to_invalid_payload(
     schema: Schema, exc: ValidationError, body: dict[str, Any]
 ) -> InvalidPayload:
-    """Turn Marshmallow's error dict into zod's flattened ``fieldErrors``/``formErrors``."""
+    """Turn Marshmallow's error dict into zod's flattened ``fieldErrors``/``formErrors``.
+
+    Nested errors are keyed by their dotted path (``settings.excluded_ips.0``).
+    """
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     known = {f.data_key or name for name, f in schema.fields.items()}
     field_errors: dict[str, list[str]] = {}
-    form_errors: list[str] = []
+    form_errors: list[str] = list(messages.get("_schema", []))
     for key, value in messages.items():
-        if key == "_schema":
-            form_errors.extend(value)
-        elif key in known:
-            field_errors[key] = list(value)
+        if key in known:
+            _flatten(str(key), value, field_errors)
     unknown = [key for key in body if key not in known]  # in the client's order, as zod does
     if unknown:
-        form_errors.insert(
-            0, "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in unknown)
-        )
+        listed = ", ".join(f"'{k}'" for k in unknown)
+        form_errors.insert(0, f"Unrecognized key(s) in object: {listed}")
     return InvalidPayload(field_errors, form_errors)
+
+
+def _flatten(path: str, value: Any, out: dict[str, list[str]]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = path if key == "_schema" else f"{path}.{key}"
+            _flatten(name, ["Unrecognized key"] if item == ["Unknown field."] else item, out)
+    else:
+        out.setdefault(path, []).extend(value)

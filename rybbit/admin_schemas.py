@@ -1,0 +1,137 @@
+"""Marshmallow schemas for the admin API's bodies and query strings."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from .schemas import EVENT_TYPES, ZNumber, ZString
+
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+class Domain(ZString):
+    """A hostname such as ``example.com``, stored lower-case."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip().lower().rstrip(".")
+        if not _HOSTNAME.fullmatch(text):
+            raise ValidationError("Invalid domain")
+        return text
+
+
+class IpOrNetwork(ZString):
+    """An IP address or a CIDR range, stored in canonical form."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        try:
+            if "/" in text:
+                return str(ipaddress.ip_network(text, strict=False))
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise ValidationError("Invalid IP address or CIDR range") from None
+
+
+class CountryCode(ZString):
+    """An ISO 3166-1 alpha-2 code, stored upper-case."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip().upper()
+        if not _COUNTRY.fullmatch(text):
+            raise ValidationError("Invalid ISO 3166-1 alpha-2 country code")
+        return text
+
+
+class StrictBool(fields.Boolean):
+    default_error_messages = {"invalid": "Expected boolean"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class SettingsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    block_bots = StrictBool()
+    excluded_ips = fields.List(IpOrNetwork(), validate=validate.Length(max=1000))
+    excluded_countries = fields.List(CountryCode(), validate=validate.Length(max=300))
+    salt_user_ids = StrictBool()
+    track_ip = StrictBool()
+
+
+class SiteCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = ZString(required=True, min_length=1, max_length=100)
+    domain = Domain(required=True, max_length=253)
+    settings = fields.Nested(SettingsSchema)
+
+
+class SiteUpdateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = ZString(min_length=1, max_length=100)
+    domain = Domain(max_length=253)
+    settings = fields.Nested(SettingsSchema)
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Nothing to update: give name, domain or settings")
+
+
+class KeyCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = ZString(max_length=100, allow_none=True)
+    expires_at = fields.AwareDateTime(default_timezone=UTC)
+
+
+class KeyRotateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    grace_seconds = ZNumber(integer=True, minimum=0, maximum=MAX_GRACE_SECONDS, load_default=3600)
+
+
+class Moment(fields.Field):
+    """A point in time in a query string: ISO 8601 (UTC unless it says) or epoch milliseconds."""
+
+    default_error_messages = {"invalid": "Expected an ISO 8601 date-time or epoch milliseconds"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        text = str(value).strip()
+        try:
+            if text.isdigit():
+                return datetime.fromtimestamp(int(text) / 1000, UTC)
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except (ValueError, OverflowError, OSError):
+            raise self.make_error("invalid") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class EventsQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    start = Moment(data_key="from")
+    end = Moment(data_key="to")
+    type = fields.String(validate=validate.OneOf(EVENT_TYPES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(validate=validate.Regexp(r"\d+_[0-9a-f]{24}"))
+    order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))

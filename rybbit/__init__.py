@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import admin, cli, enrichment, errors, store, track
+from . import admin, cli, enrichment, errors, openapi, store, track
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 
@@ -28,6 +28,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     track.init_app(app)
     admin.init_app(app)
+    openapi.init_app(app)
     cli.init_app(app)
     return app
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from functools import lru_cache
 from typing import Any
@@ -41,9 +43,17 @@ def exclusion_reason(
     return None
 
 
-def apply_ip_policy(settings: dict[str, Any], event: dict[str, Any], client_ip: str | None) -> None:
-    """Keep the client's IP only for sites that opted in (``track_ip``)."""
+def apply_privacy(site: dict[str, Any], event: dict[str, Any], client_ip: str | None) -> None:
+    """Strip or pseudonymise what the site's settings say may not be stored as sent."""
+    settings = site.get("settings", {})
+    # The raw IP is kept only for sites that opted in (track_ip).
     if settings.get("track_ip") and client_ip:
         event["ip_address"] = client_ip
     else:
         event.pop("ip_address", None)
+    # salt_user_ids: store a keyed hash of the client's user_id. It stays stable, so one user's
+    # events still group together, but cannot be turned back into the id without the site's
+    # secret, which never leaves the store.
+    if settings.get("salt_user_ids") and event.get("user_id"):
+        digest = hmac.new(site["user_id_salt"].encode(), event["user_id"].encode(), hashlib.sha256)
+        event["user_id"] = digest.hexdigest()[:32]

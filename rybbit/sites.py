@@ -6,6 +6,7 @@ sending that id must get "Site not found", not land in somebody else's site.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,8 @@ def create_site(
             "settings": {**DEFAULT_SETTINGS, **(settings or {})},
             "created_at": datetime.now(UTC),
             "deleted_at": None,
+            # Secret for salt_user_ids; never shown by the API.
+            "user_id_salt": secrets.token_hex(32),
         }
         try:
             with store.op():

@@ -37,11 +37,10 @@ def track() -> ResponseReturnValue:
     )
     enrichment.enrich(current_app, event, context)
 
-    settings = sites.settings_of(site)
-    reason = site_rules.exclusion_reason(settings, event, client_ip)
+    reason = site_rules.exclusion_reason(sites.settings_of(site), event, client_ip)
     if reason is not None:
         return jsonify(success=True, message=f"Event not tracked - {reason}")
-    site_rules.apply_ip_policy(settings, event, client_ip)
+    site_rules.apply_privacy(site, event, client_ip)
     with store.op():
         store.events.insert_one(event)
     usage_recorder(current_app).touch(store, key["_id"], received_at)

@@ -284,6 +284,22 @@ class TestSettingsOnTrack:
         stored = events_of(admin, site["site_id"], order="asc")
         assert [e.get("ip_address") for e in stored] == [None, "2001:db8::6", "127.0.0.1"]
 
+    def test_salt_user_ids_stores_a_stable_keyed_hash(
+        self, admin: Admin, client: FlaskClient
+    ) -> None:
+        one = admin.site(settings={"salt_user_ids": True})
+        two = admin.site(settings={"salt_user_ids": True})
+        key_one, key_two = admin.key(one["site_id"]), admin.key(two["site_id"])
+        for _ in range(2):
+            track(client, key_one, user_id="alice@example.com")
+        track(client, key_two, user_id="alice@example.com")
+        first = {e["user_id"] for e in events_of(admin, one["site_id"])}
+        second = {e["user_id"] for e in events_of(admin, two["site_id"])}
+        assert len(first) == 1 and "alice@example.com" not in first
+        assert len(next(iter(first))) == 32
+        assert first != second, "each site has its own secret"
+        assert "user_id_salt" not in admin("GET", f"/sites/{one['site_id']}").get_json()
+
     @pytest.mark.parametrize(
         ("field", "value", "setting", "reason"),
         [

@@ -18,12 +18,41 @@ import requests
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 class Service:
-    def __init__(self, base_url: str, env: dict[str, str]) -> None:
+    def __init__(self, base_url: str, env: dict[str, str], log_path: Path) -> None:
         self.base_url = base_url
         self.env = env
+        self.log_path = log_path
+
+    def worker_pids(self, status: int) -> set[str]:
+        """Pids of the workers that answered ``status`` on /api/track, from the access log."""
+        pids = set()
+        for line in self.log_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "access" and parts[2] == str(status):
+                pids.add(parts[1])
+        return pids
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = requests.request(
+            method, f"{self.base_url}/api/admin{path}", json=body, headers=ADMIN, timeout=10
+        )
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def track_many(self, key: dict[str, Any], count: int = 40, **fields: Any) -> list[Any]:
+        """``count`` events on fresh connections from several threads, so both workers answer."""
+
+        def send(i: int) -> Any:
+            body = {"api_key": key["api_key"], "site_id": key["site_id"], **fields}
+            return requests.post(f"{self.base_url}/api/track", json=body, timeout=10)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(send, range(count)))
 
     def flask(self, *args: str) -> str:
         """Run a ``flask --app app`` command against the same instance and store."""
@@ -41,7 +70,11 @@ class Service:
 
 @pytest.fixture
 def service(tmp_path: Path, mongo_uri: str | None) -> Iterator[Service]:
-    env = {**os.environ, "RYBBIT_INSTANCE_PATH": str(tmp_path / "instance")}
+    env = {
+        **os.environ,
+        "RYBBIT_INSTANCE_PATH": str(tmp_path / "instance"),
+        "RYBBIT_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
     env.pop("MONGO_URI", None)
     if mongo_uri:
         env["MONGO_URI"] = mongo_uri
@@ -58,6 +91,8 @@ def service(tmp_path: Path, mongo_uri: str | None) -> Iterator[Service]:
             "2",
             "--bind",
             f"127.0.0.1:{port}",
+            "--access-logformat",
+            "access %(p)s %(s)s %(U)s",
             "wsgi:app",
         ],
         cwd=ROOT,
@@ -77,7 +112,7 @@ def service(tmp_path: Path, mongo_uri: str | None) -> Iterator[Service]:
                     log.seek(0)
                     pytest.fail("gunicorn did not start:\n" + log.read())
                 time.sleep(0.2)
-        yield Service(base, env)
+        yield Service(base, env, tmp_path / "gunicorn.log")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -212,3 +247,29 @@ def test_errors_over_http_are_json(service: Service) -> None:
         timeout=5,
     )
     assert response.status_code == 413 and response.json()["success"] is False
+
+
+def test_admin_changes_reach_every_worker_at_once(service: Service) -> None:
+    site = service.admin("POST", "/sites", {"name": "Multi", "domain": "multi.example"})
+    key = service.admin("POST", f"/sites/{site['site_id']}/api-keys", {"name": "k"})
+    assert [r.status_code for r in service.track_many(key)] == [200] * 40
+
+    service.admin("DELETE", f"/sites/{site['site_id']}/api-keys/{key['id']}")
+    revoked = service.track_many(key)
+    assert [r.status_code for r in revoked] == [403] * 40
+    assert len(service.worker_pids(403)) == 2, "both workers refused the revoked key"
+
+    second = service.admin("POST", f"/sites/{site['site_id']}/api-keys", {})
+    rotated = service.admin(
+        "POST", f"/sites/{site['site_id']}/api-keys/{second['id']}/rotate", {"grace_seconds": 0}
+    )
+    assert {r.status_code for r in service.track_many(second)} == {403}
+    assert {r.status_code for r in service.track_many(rotated)} == {200}
+
+    service.admin(
+        "PATCH", f"/sites/{site['site_id']}", {"settings": {"excluded_ips": ["10.9.0.0/16"]}}
+    )
+    filtered = service.track_many(rotated, ip_address="10.9.8.7")
+    assert {r.json().get("message") for r in filtered} == {"Event not tracked - IP excluded"}
+    stored = service.flask("events", "export", site["site_id"]).splitlines()
+    assert len(stored) == 80, "only the accepted events were stored"

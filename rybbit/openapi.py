@@ -1,0 +1,354 @@
+"""The OpenAPI 3 document, generated from the Marshmallow schemas the routes validate with.
+
+Paths are listed here explicitly; a test fails when a route is missing from them or vice versa.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, fields
+
+from .admin_schemas import (
+    CountryCode,
+    Domain,
+    EventsQuerySchema,
+    IpOrNetwork,
+    KeyCreateSchema,
+    KeyRotateSchema,
+    Moment,
+    SettingsSchema,
+    SiteCreateSchema,
+    SiteUpdateSchema,
+)
+from .schemas import IpAddress, JSONString, SiteId, TrackEventSchema, ZNumber, ZString
+
+bp = Blueprint("openapi", __name__)
+EXTENSION_KEY = "rybbit.openapi"
+
+
+# Response bodies, described for the document only.
+class Success(Schema):
+    success = fields.Boolean(required=True)
+    message = fields.String(metadata={"description": "Set when the event was filtered out"})
+
+
+class Error(Schema):
+    success = fields.Boolean(required=True)
+    error = fields.String(required=True)
+
+
+class ErrorDetails(Schema):
+    fieldErrors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    formErrors = fields.List(fields.String())
+
+
+class InvalidPayloadError(Error):
+    details = fields.Nested(ErrorDetails, required=True)
+
+
+class Site(Schema):
+    site_id = fields.String(required=True)
+    name = fields.String(required=True)
+    domain = fields.String(required=True)
+    settings = fields.Nested(SettingsSchema, required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class SiteList(Schema):
+    sites = fields.List(fields.Nested(Site), required=True)
+
+
+class ApiKey(Schema):
+    id = fields.String(required=True)
+    prefix = fields.String(required=True)
+    name = fields.String(allow_none=True)
+    site_id = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    last_used_at = fields.DateTime(allow_none=True)
+    revoked_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True)
+
+
+class ApiKeyCreated(ApiKey):
+    api_key = fields.String(required=True, metadata={"description": "Shown only once"})
+
+
+class ApiKeyRotated(ApiKeyCreated):
+    replaces = fields.String(required=True)
+    replaced_key_expires_at = fields.DateTime(required=True)
+
+
+class ApiKeyList(Schema):
+    api_keys = fields.List(fields.Nested(ApiKey), required=True)
+
+
+class SiteDeleted(Schema):
+    success = fields.Boolean(required=True)
+    site_id = fields.String(required=True)
+
+
+class EventsPage(Schema):
+    events = fields.List(fields.Dict(), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+def _string_field_properties(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """Lengths and bounds our own zod-style fields carry outside Marshmallow validators."""
+    props: dict[str, Any] = {}
+    if isinstance(field, ZString):
+        if field.max_length is not None:
+            props["maxLength"] = field.max_length
+        if field.min_length is not None:
+            props["minLength"] = field.min_length
+    if isinstance(field, SiteId):
+        props["description"] = "The site's id; a JSON integer is accepted too"
+    if isinstance(field, ZNumber):
+        if field.integer:
+            props["type"] = "integer"
+        if field.minimum is not None:
+            props["minimum"] = field.minimum
+        if field.positive:
+            props["minimum"], props["exclusiveMinimum"] = 0, True
+        if field.maximum is not None:
+            props["maximum"] = field.maximum
+    return props
+
+
+def _json_body(schema: Any) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _reply(description: str, schema: Any | None = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"description": description}
+    if schema is not None:
+        reply["content"] = {"application/json": {"schema": schema}}
+    return reply
+
+
+_INVALID = _reply("Invalid payload", "InvalidPayloadError")
+_UNAUTHORIZED = _reply("Missing or wrong admin token", "Error")
+_NO_SITE = _reply("Site not found", "Error")
+_UNAVAILABLE = _reply("Storage unavailable; see Retry-After", "Error")
+_SITE_ID = {"name": "site_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _admin(operation: dict[str, Any]) -> dict[str, Any]:
+    operation.setdefault("tags", ["admin"])
+    operation.setdefault("security", [{"adminToken": []}])
+    operation["responses"].setdefault("401", _UNAUTHORIZED)
+    operation["responses"].setdefault("503", _UNAVAILABLE)
+    return operation
+
+
+def build_spec() -> dict[str, Any]:
+    """The whole document as a dict."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="rybbit-track",
+        version=version("rybbit-track"),
+        openapi_version="3.0.3",
+        plugins=[plugin],
+        info={"description": "Rybbit-compatible server-side event tracking API"},
+    )
+    for field_class, openapi_type in [(ZString, "string"), (ZNumber, "number"), (Moment, "string")]:
+        plugin.map_to_openapi_type(field_class, openapi_type, None)
+    for field_class, fmt in [
+        (IpAddress, "ip"),
+        (IpOrNetwork, "ip-or-cidr"),
+        (Domain, "hostname"),
+        (CountryCode, "iso3166-alpha2"),
+        (JSONString, "json"),
+    ]:
+        plugin.map_to_openapi_type(field_class, "string", fmt)
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_string_field_properties)
+
+    for schema in (
+        TrackEventSchema,
+        SettingsSchema,
+        SiteCreateSchema,
+        SiteUpdateSchema,
+        KeyCreateSchema,
+        KeyRotateSchema,
+        Success,
+        Error,
+        InvalidPayloadError,
+        Site,
+        SiteList,
+        ApiKey,
+        ApiKeyCreated,
+        ApiKeyRotated,
+        ApiKeyList,
+        SiteDeleted,
+        EventsPage,
+    ):
+        spec.components.schema(schema.__name__, schema=schema)
+    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+
+    track = {
+        "summary": "Track one event",
+        "tags": ["tracking"],
+        "requestBody": _json_body("TrackEventSchema"),
+        "responses": {
+            "200": _reply("Stored (or filtered out, with a message)", "Success"),
+            "400": _INVALID,
+            "403": _reply("Invalid API key", "Error"),
+            "404": _NO_SITE,
+            "413": _reply("Payload too large", "Error"),
+            "503": _UNAVAILABLE,
+        },
+    }
+    spec.path(path="/api/track", operations={"post": track})
+    spec.path(path="/track", operations={"post": {**track, "summary": "Alias of /api/track"}})
+    spec.path(
+        path="/api/openapi.json",
+        operations={
+            "get": {
+                "summary": "This document",
+                "tags": ["meta"],
+                "responses": {"200": _reply("OpenAPI 3 document", {"type": "object"})},
+            }
+        },
+    )
+
+    spec.path(
+        path="/api/admin/sites",
+        operations={
+            "get": _admin(
+                {"summary": "List sites", "responses": {"200": _reply("Sites", "SiteList")}}
+            ),
+            "post": _admin(
+                {
+                    "summary": "Create a site",
+                    "requestBody": _json_body("SiteCreateSchema"),
+                    "responses": {"201": _reply("Created", "Site"), "400": _INVALID},
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/sites/{site_id}",
+        parameters=[_SITE_ID],
+        operations={
+            "get": _admin(
+                {
+                    "summary": "Get a site",
+                    "responses": {"200": _reply("The site", "Site"), "404": _NO_SITE},
+                }
+            ),
+            "patch": _admin(
+                {
+                    "summary": "Change a site's name, domain or settings",
+                    "requestBody": _json_body("SiteUpdateSchema"),
+                    "responses": {
+                        "200": _reply("The site", "Site"),
+                        "400": _INVALID,
+                        "404": _NO_SITE,
+                    },
+                }
+            ),
+            "delete": _admin(
+                {
+                    "summary": "Delete a site, revoke its keys, delete its events",
+                    "responses": {"200": _reply("Deleted", "SiteDeleted"), "404": _NO_SITE},
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/sites/{site_id}/api-keys",
+        parameters=[_SITE_ID],
+        operations={
+            "get": _admin(
+                {
+                    "summary": "List a site's keys (without secrets)",
+                    "responses": {"200": _reply("Keys", "ApiKeyList"), "404": _NO_SITE},
+                }
+            ),
+            "post": _admin(
+                {
+                    "summary": "Create a key (shown once)",
+                    "requestBody": {**_json_body("KeyCreateSchema"), "required": False},
+                    "responses": {
+                        "201": _reply("Created", "ApiKeyCreated"),
+                        "400": _INVALID,
+                        "404": _NO_SITE,
+                    },
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/sites/{site_id}/api-keys/{key_id}",
+        parameters=[_SITE_ID, _KEY_ID],
+        operations={
+            "delete": _admin(
+                {
+                    "summary": "Revoke a key at once",
+                    "responses": {
+                        "200": _reply("Revoked", "ApiKey"),
+                        "404": _reply("Site or key not found", "Error"),
+                    },
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/sites/{site_id}/api-keys/{key_id}/rotate",
+        parameters=[_SITE_ID, _KEY_ID],
+        operations={
+            "post": _admin(
+                {
+                    "summary": "Replace a key; the old one works until the grace period ends",
+                    "requestBody": {**_json_body("KeyRotateSchema"), "required": False},
+                    "responses": {
+                        "201": _reply("The new key", "ApiKeyRotated"),
+                        "400": _INVALID,
+                        "404": _reply("Site or key not found", "Error"),
+                    },
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/sites/{site_id}/events",
+        parameters=[_SITE_ID],
+        operations={
+            "get": _admin(
+                {
+                    "summary": "Stored events, newest first by default; NDJSON export with "
+                    "Accept: application/x-ndjson",
+                    "parameters": [{"in": "query", "schema": EventsQuerySchema}],
+                    "responses": {
+                        "200": {
+                            "description": "A page of events, or the whole range as NDJSON",
+                            "content": {
+                                "application/json": {"schema": "EventsPage"},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _INVALID,
+                        "404": _NO_SITE,
+                    },
+                }
+            ),
+        },
+    )
+    return spec.to_dict()
+
+
+@bp.get("/api/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    return jsonify(current_app.extensions[EXTENSION_KEY])
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION_KEY] = build_spec()  # built once: it only depends on the code
+    app.register_blueprint(bp)

@@ -3,14 +3,15 @@ PYTHON ?= python3
 
 .PHONY: setup run test lint format
 
-setup:  ## install the package, test tools and the MongoDB-wire test server
+setup:  ## install the package, test tools, Redis and the MongoDB-wire test server
 	$(PYTHON) -m pip install -e ".[test]"
+	bash scripts/install-system-packages.sh
 	bash scripts/install-ferretdb.sh
 
 run:  ## serve on http://127.0.0.1:8000 (embedded store unless MONGO_URI is set)
 	$(PYTHON) -m gunicorn -c gunicorn.conf.py wsgi:app
 
-test:  ## the whole suite, against the embedded store and a FerretDB it starts itself
+test:  ## the whole suite; it starts its own FerretDB and Redis
 	$(PYTHON) -m pytest
 
 lint:

@@ -19,3 +19,21 @@ accesslog = "-"
 # gunicorn >= 25 opens a control socket at one fixed path per user; several instances on one
 # machine (tests, staging) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Warn once when per-process rate-limit state would multiply the limit by the workers."""
+    config = worker.wsgi.config
+    shared = not str(config.get("RATELIMIT_STORAGE_URI", "")).startswith("memory://")
+    if (
+        worker.age == 1
+        and worker.cfg.workers > 1
+        and config.get("RATELIMIT_ENABLED")
+        and not shared
+    ):
+        worker.log.warning(
+            "rate limit state is per process (memory://) with %d workers: each API key may get "
+            "up to %d times its limit. Set RATELIMIT_STORAGE_URI=redis://... to share it.",
+            worker.cfg.workers,
+            worker.cfg.workers,
+        )

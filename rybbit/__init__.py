@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import admin, cli, enrichment, errors, openapi, store, track
+from . import admin, cli, enrichment, errors, openapi, ratelimit, store, track
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 
@@ -26,6 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     store.init_app(app)
     enrichment.init_app(app)
     errors.init_app(app)
+    ratelimit.init_app(app)
     track.init_app(app)
     admin.init_app(app)
     openapi.init_app(app)

@@ -2,7 +2,8 @@
 
 Order, later wins: these defaults -> ``instance/config.py`` -> ``RYBBIT_*`` environment
 variables (``RYBBIT_FOO`` sets ``FOO``; values are parsed as JSON when they can be) ->
-``MONGO_URI`` from the environment -> the mapping handed to ``create_app`` (tests).
+``MONGO_URI`` and ``RATELIMIT_STORAGE_URI`` from the environment -> the mapping handed to
+``create_app`` (tests).
 """
 
 import os
@@ -27,6 +28,15 @@ DEFAULTS: dict[str, Any] = {
     "KEY_USAGE_FLUSH_SECONDS": 60,
     # Bearer token for /api/admin; unset disables the admin API.
     "ADMIN_TOKEN": None,
+    # Per-API-key limit ("20 per second", "100 per minute", ...) or "off".
+    "RATE_LIMIT": "20 per second",
+    # Flask-Limiter: where the counts live. memory:// is per process; share them between
+    # workers and machines with redis://host:6379 (or mongodb://...).
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_STRATEGY": "moving-window",
+    "RATELIMIT_HEADERS_ENABLED": True,
+    # Fail open when the limiter's storage is unreachable (logged).
+    "RATELIMIT_SWALLOW_ERRORS": True,
     # Request bodies above this size get a 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
@@ -37,8 +47,10 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     app.config.from_mapping(DEFAULTS)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("RYBBIT")
-    if os.environ.get("MONGO_URI"):
-        app.config["MONGO_URI"] = os.environ["MONGO_URI"]
+    # Unprefixed names, as operators know them from MongoDB and Flask-Limiter.
+    for name in ("MONGO_URI", "RATELIMIT_STORAGE_URI"):
+        if os.environ.get(name):
+            app.config[name] = os.environ[name]
     if test_config:
         app.config.from_mapping(test_config)
 

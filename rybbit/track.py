@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from . import enrichment, keys, site_rules, sites
 from .errors import ApiError
 from .events import build_event, now_ms
+from .extensions import limiter
 from .payloads import load, read_json_object
+from .ratelimit import current_limit
 from .schemas import TrackEventSchema
 from .store import get_store
 
@@ -18,15 +20,24 @@ _schema = TrackEventSchema()
 USAGE_KEY = "rybbit.key_usage"
 
 
-@bp.post("/api/track")
-@bp.post("/track")
-def track() -> ResponseReturnValue:
+@bp.before_request
+def _validate_and_authenticate() -> None:
+    """Reject bad requests before the rate limit is checked, so they spend no key's budget."""
     payload = load(_schema, read_json_object())
     store = get_store()
     site = sites.find_site(store, payload["site_id"])
     if site is None:
         raise ApiError(404, "Site not found")
-    key = keys.authenticate(store, payload["site_id"], payload["api_key"])
+    g.api_key = keys.authenticate(store, payload["site_id"], payload["api_key"])
+    g.payload, g.site = payload, site
+
+
+@bp.post("/api/track")
+@bp.post("/track")
+@limiter.limit(current_limit)
+def track() -> ResponseReturnValue:
+    payload, site, key = g.payload, g.site, g.api_key
+    store = get_store()
     received_at = now_ms()
 
     # A body IP is trusted because the request carries a valid key (server-side tracking).

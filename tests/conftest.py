@@ -100,11 +100,40 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URI of a throwaway Redis server (Debian's redis-server, installed by make setup)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("No redis-server on PATH: run `make setup`")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def instance_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "instance"
     monkeypatch.setenv("RYBBIT_INSTANCE_PATH", str(path))
-    monkeypatch.delenv("MONGO_URI", raising=False)
+    for name in ("MONGO_URI", "RATELIMIT_STORAGE_URI"):
+        monkeypatch.delenv(name, raising=False)
     return path
 
 

@@ -1,0 +1,70 @@
+"""Per-API-key rate limiting with Flask-Limiter, exact across workers and machines.
+
+The moving-window strategy counts every hit in the last window, atomically in the shared
+storage (a Lua script in Redis), so "20 per second" admits exactly 20 requests in any one-second
+span, whatever the number of workers. A fixed window would admit up to twice that across a
+window boundary.
+
+If the limiter's storage cannot be reached the request is let through (fail open) and an error
+is logged: for analytics ingestion, losing events is worse than briefly exceeding a limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, current_app
+from flask_limiter import RateLimitExceeded
+from limits import parse
+
+from .errors import error_response
+from .extensions import limiter
+
+log = logging.getLogger(__name__)
+
+OFF = "off"
+
+
+def current_limit() -> str:
+    """The configured per-key limit, for the decorator (read per request)."""
+    return str(current_app.config["RATE_LIMIT"])
+
+
+def describe(limit_text: str) -> str:
+    """ "20 per second" -> "20 requests per second"; "100/10 seconds" -> "... per 10 seconds"."""
+    item = parse(limit_text)
+    unit = item.GRANULARITY.name
+    span = unit if item.multiples == 1 else f"{item.multiples} {unit}s"
+    return f"{item.amount} requests per {span}"
+
+
+def _rate_limited(exc: RateLimitExceeded) -> Response:
+    message = f"Rate limit exceeded. Maximum {describe(current_limit())} per API key."
+    return error_response(429, message)
+
+
+def _standard_headers(response: Response) -> Response:
+    """The IETF ``RateLimit-*`` fields beside Flask-Limiter's ``X-RateLimit-*`` ones."""
+    current = limiter.current_limit
+    if current is not None:
+        response.headers["RateLimit-Limit"] = str(current.limit.amount)
+        response.headers["RateLimit-Remaining"] = str(current.remaining)
+        response.headers["RateLimit-Reset"] = str(max(0, int(current.reset_at - time.time())))
+    return response
+
+
+def init_app(app: Flask) -> None:
+    text = str(app.config["RATE_LIMIT"]).strip()
+    # Always explicit: Flask-Limiter otherwise falls back to what the shared limiter object
+    # was last told, by whichever app was set up before this one in the process.
+    app.config["RATELIMIT_ENABLED"] = text.lower() != OFF
+    if text.lower() == OFF:
+        log.info("rate limit: off")
+    else:
+        parse(text)  # a malformed setting fails start-up, not every request
+        scheme = str(app.config["RATELIMIT_STORAGE_URI"]).split("://", 1)[0]  # no credentials
+        log.info("rate limit: %s per API key, state in %s storage", text, scheme)
+    limiter.init_app(app)
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
+    app.after_request(_standard_headers)

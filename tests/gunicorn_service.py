@@ -1,0 +1,128 @@
+"""A real gunicorn serving the app on a loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class Service:
+    def __init__(self, base_url: str, env: dict[str, str], log_path: Path) -> None:
+        self.base_url = base_url
+        self.env = env
+        self.log_path = log_path
+
+    def worker_pids(self, status: int) -> set[str]:
+        """Pids of the workers that answered ``status`` on /api/track, from the access log."""
+        pids = set()
+        for line in self.log_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "access" and parts[2] == str(status):
+                pids.add(parts[1])
+        return pids
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = requests.request(
+            method, f"{self.base_url}/api/admin{path}", json=body, headers=ADMIN, timeout=10
+        )
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def track_many(self, key: dict[str, Any], count: int = 40, **fields: Any) -> list[Any]:
+        """``count`` events on fresh connections from several threads, so both workers answer."""
+
+        def send(i: int) -> Any:
+            body = {"api_key": key["api_key"], "site_id": key["site_id"], **fields}
+            return requests.post(f"{self.base_url}/api/track", json=body, timeout=10)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(send, range(count)))
+
+    def flask(self, *args: str) -> str:
+        """Run a ``flask --app app`` command against the same instance and store."""
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@contextlib.contextmanager
+def run_service(
+    tmp_path: Path, mongo_uri: str | None, workers: int = 2, **env_overrides: str
+) -> Iterator[Service]:
+    """gunicorn with ``workers`` workers on a fresh instance folder; stopped on exit."""
+    env = {
+        **os.environ,
+        "RYBBIT_INSTANCE_PATH": str(tmp_path / "instance"),
+        "RYBBIT_ADMIN_TOKEN": ADMIN_TOKEN,
+        **env_overrides,
+    }
+    for name in ("MONGO_URI", "RATELIMIT_STORAGE_URI"):
+        env.pop(name, None)
+    if mongo_uri:
+        env["MONGO_URI"] = mongo_uri
+    env.update(env_overrides)
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--access-logformat",
+            "access %(p)s %(s)s %(U)s",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.post(f"{base}/api/track", json={}, timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail("gunicorn did not start:\n" + log.read())
+                time.sleep(0.2)
+        yield Service(base, env, tmp_path / "gunicorn.log")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert output.count("Booting worker") >= workers, output

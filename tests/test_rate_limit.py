@@ -1,0 +1,172 @@
+"""Per-API-key rate limiting: exact counts, the contract's 429, headers, and who pays."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from rybbit import create_app, keys, sites
+from rybbit.store import get_store
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def app_config(mongo_uri: str | None, rate_limit: str) -> dict[str, Any]:
+    return {"TESTING": True, "MONGO_URI": mongo_uri, "RATE_LIMIT": rate_limit}
+
+
+@pytest.fixture
+def rate_limit() -> str:
+    return "20 per second"
+
+
+@pytest.fixture(params=["embedded"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    # The limiter does not touch the event store; one store is enough here.
+    return str(request.param)
+
+
+def send(client: FlaskClient, key: str, site_id: str, **fields: Any) -> Any:
+    return client.post("/api/track", json={"api_key": key, "site_id": site_id, **fields})
+
+
+def new_key(app: Flask, site_id: str) -> str:
+    with app.app_context():
+        return str(keys.create_key(get_store(), site_id)["api_key"])
+
+
+def test_default_is_twenty_per_second_per_key(
+    client: FlaskClient, site: dict[str, Any], api_key: str
+) -> None:
+    statuses = [send(client, api_key, site["site_id"]).status_code for _ in range(30)]
+    assert statuses == [200] * 20 + [429] * 10
+
+
+def test_429_body_and_headers(client: FlaskClient, site: dict[str, Any], api_key: str) -> None:
+    first = send(client, api_key, site["site_id"])
+    assert (
+        first.headers["X-RateLimit-Limit"] == "20"
+        and first.headers["X-RateLimit-Remaining"] == "19"
+    )
+    assert first.headers["RateLimit-Limit"] == "20" and first.headers["RateLimit-Remaining"] == "19"
+    assert 0 <= int(first.headers["RateLimit-Reset"]) <= 1
+    for _ in range(19):
+        send(client, api_key, site["site_id"])
+    limited = send(client, api_key, site["site_id"])
+    assert limited.status_code == 429
+    assert limited.get_json() == {
+        "success": False,
+        "error": "Rate limit exceeded. Maximum 20 requests per second per API key.",
+    }
+    assert (
+        limited.headers["X-RateLimit-Remaining"] == "0"
+        and limited.headers["RateLimit-Remaining"] == "0"
+    )
+    assert 0 <= int(limited.headers["Retry-After"]) <= 1
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "allowed", "message"),
+    [
+        ("3 per second", 3, "Maximum 3 requests per second per API key."),
+        ("5 per 10 seconds", 5, "Maximum 5 requests per 10 seconds per API key."),
+        ("2/minute", 2, "Maximum 2 requests per minute per API key."),
+    ],
+)
+def test_configured_limit_sets_the_count_and_the_message(
+    client: FlaskClient, site: dict[str, Any], api_key: str, allowed: int, message: str
+) -> None:
+    responses = [send(client, api_key, site["site_id"]) for _ in range(allowed + 2)]
+    assert [r.status_code for r in responses] == [200] * allowed + [429] * 2
+    assert responses[-1].get_json()["error"] == f"Rate limit exceeded. {message}"
+
+
+@pytest.mark.parametrize("rate_limit", ["off", "OFF"])
+def test_off_means_no_limit_and_no_headers(
+    client: FlaskClient, site: dict[str, Any], api_key: str
+) -> None:
+    responses = [send(client, api_key, site["site_id"]) for _ in range(60)]
+    assert {r.status_code for r in responses} == {200}
+    assert "X-RateLimit-Limit" not in responses[-1].headers
+
+
+def test_keys_have_separate_budgets(
+    app: Flask, client: FlaskClient, site: dict[str, Any], api_key: str
+) -> None:
+    other = new_key(app, site["site_id"])
+    for _ in range(20):
+        send(client, api_key, site["site_id"])
+    assert send(client, api_key, site["site_id"]).status_code == 429
+    assert send(client, other, site["site_id"]).status_code == 200
+
+
+def test_rejected_requests_spend_no_budget(
+    client: FlaskClient, site: dict[str, Any], api_key: str
+) -> None:
+    for _ in range(30):
+        assert send(client, api_key, site["site_id"], page_title=5).status_code == 400
+        assert send(client, api_key, "999").status_code == 404
+        assert send(client, "rb_" + "0" * 32, site["site_id"]).status_code == 403
+    statuses = [send(client, api_key, site["site_id"]).status_code for _ in range(21)]
+    assert statuses == [200] * 20 + [429]
+
+
+def test_a_flood_of_bad_keys_does_not_lock_out_a_good_one(
+    client: FlaskClient, site: dict[str, Any], api_key: str
+) -> None:
+    for i in range(100):
+        send(client, f"rb_{i:032x}", site["site_id"])
+    assert send(client, api_key, site["site_id"]).status_code == 200
+
+
+def test_admin_routes_are_not_limited(instance_path: Any) -> None:
+    app = create_app({"MONGO_URI": None, "ADMIN_TOKEN": "x" * 20, "RATE_LIMIT": "1 per minute"})
+    client = app.test_client()
+    statuses = {
+        client.get("/api/admin/sites", headers={"Authorization": "Bearer " + "x" * 20}).status_code
+        for _ in range(5)
+    }
+    assert statuses == {200}
+
+
+def test_malformed_limit_fails_at_start_up(instance_path: Any) -> None:
+    with pytest.raises(ValueError):
+        create_app({"MONGO_URI": None, "RATE_LIMIT": "lots"})
+
+
+def test_shared_redis_storage_counts_across_apps(instance_path: Any, redis_server: str) -> None:
+    """Two apps (as two workers would be) on one Redis share each key's budget."""
+    config = {
+        "MONGO_URI": None,
+        "RATE_LIMIT": "10 per 5 seconds",
+        "RATELIMIT_STORAGE_URI": redis_server,
+    }
+    first = create_app(config)
+    with first.app_context():
+        site = sites.create_site(get_store(), name="r", domain="r.example")
+        key = keys.create_key(get_store(), site["site_id"])["api_key"]
+    statuses = [send(first.test_client(), key, site["site_id"]).status_code for _ in range(6)]
+    second = create_app(config)
+    statuses += [send(second.test_client(), key, site["site_id"]).status_code for _ in range(6)]
+    assert statuses == [200] * 10 + [429] * 2
+
+
+def test_unreachable_limiter_storage_fails_open(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}?socket_connect_timeout=0.2"
+    app = create_app(
+        {"MONGO_URI": None, "RATE_LIMIT": "1 per minute", "RATELIMIT_STORAGE_URI": dead}
+    )
+    with app.app_context():
+        site = sites.create_site(get_store(), name="r", domain="r.example")
+        key = keys.create_key(get_store(), site["site_id"])["api_key"]
+    caplog.set_level(logging.ERROR)
+    statuses = [send(app.test_client(), key, site["site_id"]).status_code for _ in range(3)]
+    assert statuses == [200] * 3
+    assert any(r.levelno >= logging.ERROR for r in caplog.records)
+    assert key not in caplog.text

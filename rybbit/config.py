@@ -37,6 +37,17 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_HEADERS_ENABLED": True,
     # Fail open when the limiter's storage is unreachable (logged).
     "RATELIMIT_SWALLOW_ERRORS": True,
+    # Plugins: names of plugins not to use; which installed third-party plugins (entry points)
+    # to load (None: all of them); per-plugin settings keyed by plugin name.
+    "PLUGINS_DISABLED": [],
+    "LOAD_PLUGINS": None,
+    "PLUGIN_SETTINGS": {},
+    # MaxMind City database for the geo enricher (relative to the instance folder).
+    "GEOIP_DATABASE": "GeoLite2-City.mmdb",
+    # How many reverse proxies in front of the service set X-Forwarded-For (0: none trusted).
+    "TRUSTED_PROXIES": 0,
+    # A visitor's session ends after this much inactivity.
+    "SESSION_TIMEOUT_SECONDS": 1800,
     # Request bodies above this size get a 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }

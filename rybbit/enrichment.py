@@ -1,54 +1,111 @@
-"""The enrichment step between validation and storage.
+"""The enrichment step between validation and storage, and what an enricher is.
 
-For now a plain ordered list of callables; the plugin system replaces how the list is built,
-not where it runs. An enricher that raises is logged and skipped: the event is still stored.
+Every accepted event passes through the registered enrichers in a deterministic order before it
+is stored. An enricher that raises is logged, counted and skipped for that event; the event is
+still stored.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from flask import Flask
-
 log = logging.getLogger(__name__)
-
-EXTENSION_KEY = "rybbit.enrichers"
 
 
 @dataclass(frozen=True)
 class EnrichmentContext:
-    """What an enricher may read besides the event: the site and the request's transport facts."""
+    """What an enricher may read besides the event. Enrichers must not modify it."""
 
-    site: dict[str, Any]
-    #: The peer address of the HTTP connection.
+    #: The site document the event belongs to (``_id``, ``domain``, ``settings``, ...).
+    site: Mapping[str, Any]
+    #: The peer address of the HTTP connection, after trusted proxies are accounted for.
     remote_addr: str | None
-    #: The visitor's address: the body's ``ip_address``, else ``remote_addr``.
+    #: The visitor's address: the body's ``ip_address`` (trusted because the request carries
+    #: a valid API key), else ``remote_addr``.
     client_ip: str | None
+    #: The HTTP request headers (case-insensitive).
     headers: Mapping[str, str]
+    #: When the event was received (UTC); the same as the event's ``timestamp``.
+    received_at: datetime
+    #: The store, for enrichers that keep shared state (sessions, salts) in it.
+    store: Any = None
 
 
-Enricher = Callable[[dict[str, Any], EnrichmentContext], None]
+class Enricher:
+    """Base class for enrichers. Subclass it, set ``name``, and override :meth:`enrich`.
+
+    ``after`` names enrichers that must run before this one (missing names are ignored).
+    """
+
+    #: Unique name, e.g. ``"geo"``; used for ordering, configuration and reports.
+    name: str = ""
+    #: Names of enrichers whose fields this one reads.
+    after: tuple[str, ...] = ()
+
+    def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        """Add or change fields of ``event`` (the document about to be stored), in place."""
+        raise NotImplementedError
+
+    def status(self) -> str | None:
+        """None when working; otherwise a short reason it is inactive (``"no database at ..."``)."""
+        return None
 
 
-def init_app(app: Flask, enrichers: list[Enricher] | None = None) -> None:
-    app.extensions[EXTENSION_KEY] = list(enrichers or [])
+def order_enrichers(enrichers: list[Enricher]) -> list[Enricher]:
+    """Dependencies first (``after``), ties broken by name, so the order never depends on
+    which plugin happened to load first."""
+    by_name: dict[str, Enricher] = {}
+    for enricher in enrichers:
+        if enricher.name in by_name:
+            log.error("two enrichers are named %r; keeping the first", enricher.name)
+            continue
+        by_name[enricher.name] = enricher
+    enrichers = list(by_name.values())
+    graph = {e.name: [d for d in e.after if d in by_name] for e in enrichers}
+    sorter = TopologicalSorter(graph)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        log.error("enricher dependencies form a cycle %s; running them by name", exc.args[1])
+        return [by_name[name] for name in sorted(by_name)]
+    order: list[Enricher] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order.extend(by_name[name] for name in ready)
+        sorter.done(*ready)
+    return order
 
 
-def register(app: Flask, enricher: Enricher) -> None:
-    """Append ``enricher`` to the chain; enrichers run in the order they were registered."""
-    app.extensions[EXTENSION_KEY].append(enricher)
+class EnrichmentRunner:
+    """Runs the ordered enrichers on each event, isolating and counting their failures."""
 
+    def __init__(self, enrichers: list[Enricher]) -> None:
+        self.enrichers = order_enrichers(enrichers)
+        self.failures: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
-def enrich(app: Flask, event: dict[str, Any], context: EnrichmentContext) -> None:
-    """Run every enricher on ``event`` in order, isolating failures."""
-    for enricher in app.extensions[EXTENSION_KEY]:
-        try:
-            enricher(event, context)
-        except Exception:
-            log.exception(
-                "enricher %s failed; event stored without it",
-                getattr(enricher, "__name__", repr(enricher)),
-            )
+    def add(self, enricher: Enricher) -> None:
+        """Add an enricher after start-up (embedding, tests); the order is recomputed."""
+        self.enrichers = order_enrichers([*self.enrichers, enricher])
+
+    def run(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        for enricher in self.enrichers:
+            started = time.perf_counter()
+            try:
+                enricher.enrich(event, context)
+            except Exception:
+                log.exception("enricher %s failed; event stored without it", enricher.name)
+                with self._lock:
+                    self.failures[enricher.name] += 1
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds[enricher.name] += elapsed

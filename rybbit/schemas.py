@@ -165,6 +165,16 @@ class ParsedJSON(NamedTuple):
     value: Any
 
 
+def safe_key(key: str) -> str:
+    """A document key MongoDB will not read as an operator or a path: its documented advice is
+    to store '$' and '.' as their full-width forms. NUL characters are dropped."""
+    if key.startswith("$"):
+        key = "\uff04" + key[1:]
+    if "." in key:
+        key = key.replace(".", "\uff0e")
+    return key.replace("\x00", "")
+
+
 def _check_json_value(value: Any, depth: int = 0) -> Any:
     """Refuse what BSON cannot hold; escape keys MongoDB would read as operators or paths."""
     if depth > PROPERTIES_MAX_DEPTH:
@@ -174,12 +184,7 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if "\x00" in key:
                 raise ValueError("keys must not contain NUL characters")
-            # MongoDB's documented advice: store '$' and '.' in keys as their full-width forms.
-            if key.startswith("$"):
-                key = "\uff04" + key[1:]
-            if "." in key:
-                key = key.replace(".", "\uff0e")
-            out[key] = _check_json_value(item, depth + 1)
+            out[safe_key(key)] = _check_json_value(item, depth + 1)
         return out
     if isinstance(value, list):
         return [_check_json_value(item, depth + 1) for item in value]

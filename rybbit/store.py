@@ -24,7 +24,11 @@ from pymongo.write_concern import WriteConcern
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "rybbit.store"
-COLLECTIONS = ("events", "sites", "api_keys")
+COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions")
+
+
+# "NotImplemented" and "CommandNotSupported": features a MongoDB-wire server lacks.
+_NOT_SUPPORTED_CODES = (115, 238)
 
 
 class StoreUnavailable(Exception):
@@ -99,6 +103,22 @@ class Store:
             self.events.create_index([("site_id", 1), ("timestamp", 1)])
             self.api_keys.create_index("key_hash", unique=True)
             self.api_keys.create_index("site_id")
+        # Backstops for state the identity and sessions enrichers also clean up themselves.
+        self.create_ttl_index("salts", "created_at", 48 * 3600)
+        self.create_ttl_index("sessions", "last_seen", 24 * 3600)
+
+    def create_ttl_index(self, collection: str, field: str, seconds: int) -> bool:
+        """A TTL index where the server has them; False where it does not (FerretDB 1.x),
+        in which case the caller's own clean-up is all there is."""
+        try:
+            with self.op():
+                self.db[collection].create_index(field, expireAfterSeconds=seconds)
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code not in _NOT_SUPPORTED_CODES:
+                raise
+            log.info("no TTL index on %s.%s: the server does not support them", collection, field)
+            return False
+        return True
 
 
 def _open_mongo(app: Flask) -> Store:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import enrichment, keys, site_rules, sites
+from . import keys, site_rules, sites
+from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
 from .extensions import cors, limiter
 from .payloads import load, read_json_object
+from .plugin_loader import RUNNER_KEY
 from .ratelimit import current_limit
 from .schemas import TrackEventSchema
 from .store import get_store
@@ -45,10 +47,15 @@ def track() -> ResponseReturnValue:
     # A body IP is trusted because the request carries a valid key (server-side tracking).
     client_ip = payload.get("ip_address") or request.remote_addr
     event = build_event(payload, key_id=key["_id"], received_at=received_at)
-    context = enrichment.EnrichmentContext(
-        site=site, remote_addr=request.remote_addr, client_ip=client_ip, headers=request.headers
+    context = EnrichmentContext(
+        site=site,
+        remote_addr=request.remote_addr,
+        client_ip=client_ip,
+        headers=request.headers,
+        received_at=received_at,
+        store=store,
     )
-    enrichment.enrich(current_app, event, context)
+    current_app.extensions[RUNNER_KEY].run(event, context)
 
     reason = site_rules.exclusion_reason(sites.settings_of(site), event, client_ip)
     if reason is not None:

@@ -22,6 +22,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import create_app, keys, sites
+from rybbit.enrichment import Enricher, EnrichmentContext
+from rybbit.plugin_loader import RUNNER_KEY
 from rybbit.store import get_store
 
 STORES = ["embedded", "mongo"]
@@ -158,7 +160,8 @@ def mongo_uri(store_kind: str, request: pytest.FixtureRequest) -> Iterator[str |
 
 @pytest.fixture
 def app_config(mongo_uri: str | None) -> dict[str, Any]:
-    return {"TESTING": True, "MONGO_URI": mongo_uri}
+    # LOAD_PLUGINS=[]: third-party plugins installed in this environment stay out of tests.
+    return {"TESTING": True, "MONGO_URI": mongo_uri, "LOAD_PLUGINS": []}
 
 
 @pytest.fixture
@@ -206,3 +209,16 @@ def stored_events(app: Flask) -> Any:
                 return list(store.events.find({}).sort([("timestamp", 1), ("_id", 1)]))
 
     return _events
+
+
+class FunctionEnricher(Enricher):
+    def __init__(self, name: str, function: Any, after: tuple[str, ...] = ()) -> None:
+        self.name, self.function, self.after = name, function, after
+
+    def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        self.function(event, context)
+
+
+def add_enricher(app: Flask, name: str, function: Any, after: tuple[str, ...] = ()) -> None:
+    """Add a one-function enricher to ``app``'s chain (tests only)."""
+    app.extensions[RUNNER_KEY].add(FunctionEnricher(name, function, after))

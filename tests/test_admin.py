@@ -10,7 +10,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from rybbit import create_app, enrichment
+from rybbit import create_app
+from tests.conftest import add_enricher
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -317,7 +318,7 @@ class TestSettingsOnTrack:
         setting: dict[str, Any],
         reason: str,
     ) -> None:
-        enrichment.register(app, lambda event, context: event.__setitem__(field, value))
+        add_enricher(app, "test_setter", lambda event, context: event.__setitem__(field, value))
         site = admin.site(settings=setting)
         key = admin.key(site["site_id"])
         assert track(client, key).get_json() == {

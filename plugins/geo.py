@@ -23,14 +23,16 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4096)
-def _is_public(ip: str) -> bool:
+def lookup_address(ip: str) -> str | None:
+    """The address to look up (IPv4-mapped IPv6 as IPv4), or None for private and reserved
+    addresses, which no database can place."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
-    return address.is_global
+    return str(address) if address.is_global else None
 
 
 def open_reader(path: str) -> geoip2.database.Reader:
@@ -67,8 +69,8 @@ class GeoEnricher(Enricher):
         return self.problem
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
-        ip = context.client_ip
-        if self.reader is None or not ip or not _is_public(ip):
+        ip = lookup_address(context.client_ip) if context.client_ip else None
+        if self.reader is None or ip is None:
             return
         try:
             found = self.reader.city(ip)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl

@@ -25,6 +25,7 @@ from .admin_schemas import (
 from .errors import ApiError
 from .events import encode_cursor, event_to_json, iter_events, public_event, query_events
 from .payloads import load, read_json_object
+from .plugin_loader import plugin_reports
 from .store import get_store
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,11 @@ def list_events(site_id: str) -> ResponseReturnValue:
     page = page[:limit]
     next_cursor = encode_cursor(page[-1]) if more else None
     return jsonify(events=[public_event(e) for e in page], next_cursor=next_cursor)
+
+
+@bp.get("/plugins")
+def list_plugins() -> ResponseReturnValue:
+    return jsonify(plugins=plugin_reports(current_app))
 
 
 def init_app(app: Flask) -> None:

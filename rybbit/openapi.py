@@ -88,6 +88,21 @@ class ApiKeyList(Schema):
     api_keys = fields.List(fields.Nested(ApiKey), required=True)
 
 
+class PluginInfo(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    source = fields.String(required=True)
+    hooks = fields.List(fields.String(), required=True)
+    enrichers = fields.List(fields.String(), required=True)
+    enabled = fields.Boolean(required=True)
+    healthy = fields.Boolean(required=True)
+    status = fields.String(required=True)
+
+
+class PluginList(Schema):
+    plugins = fields.List(fields.Nested(PluginInfo), required=True)
+
+
 class SiteDeleted(Schema):
     success = fields.Boolean(required=True)
     site_id = fields.String(required=True)
@@ -187,6 +202,7 @@ def build_spec() -> dict[str, Any]:
         ApiKeyRotated,
         ApiKeyList,
         SiteDeleted,
+        PluginList,
         EventsPage,
     ):
         spec.components.schema(schema.__name__, schema=schema)
@@ -313,6 +329,17 @@ def build_spec() -> dict[str, Any]:
                         "400": _INVALID,
                         "404": _reply("Site or key not found", "Error"),
                     },
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/plugins",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "Loaded plugins, their enrichers and health",
+                    "responses": {"200": _reply("Plugins", "PluginList")},
                 }
             ),
         },

@@ -132,7 +132,14 @@ def load_plugins(app: Flask) -> tuple[EnrichmentRunner, list[PluginReport]]:
             log.error("plugin %s could not be registered: %s", report.name, exc)
             report.enabled, report.error = False, f"failed to register: {exc}"
             continue
-        report.hooks = sorted(h.name for h in manager.get_hookcallers(report.plugin) or [])
+        callers = manager.get_hookcallers(report.plugin) or []
+        unknown = sorted(c.name for c in callers if c.spec is None)
+        if unknown:  # most likely a misspelt hook that would otherwise never be called
+            manager.unregister(report.plugin)
+            log.error("plugin %s implements unknown hooks %s; left out", report.name, unknown)
+            report.enabled, report.error = False, f"failed to register: unknown hooks {unknown}"
+            continue
+        report.hooks = sorted(c.name for c in callers)
         if report.name in disabled:
             report.enabled = False
             continue

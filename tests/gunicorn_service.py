@@ -108,17 +108,15 @@ def run_service(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.post(f"{base}/api/track", json={}, timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail("gunicorn did not start:\n" + log.read())
-                time.sleep(0.2)
-        yield Service(base, env, tmp_path / "gunicorn.log")
+        # Ready when every worker has built its app (each logs its enricher chain once).
+        log_path = tmp_path / "gunicorn.log"
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("enrichers, in order") < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("gunicorn did not start:\n" + log_path.read_text())
+            time.sleep(0.1)
+        requests.post(f"{base}/api/track", json={}, timeout=5)
+        yield Service(base, env, log_path)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1,0 +1,299 @@
+"""The built-in enrichers, each observed through real HTTP requests and stored events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from plugins.identity import SALT_LIFETIME
+from plugins.screen import device_type_from_screen
+from rybbit.store import get_store
+from tests.geo_db import build_city_db
+
+
+@pytest.fixture
+def app_config(mongo_uri: str | None, instance_path: Path) -> dict[str, Any]:
+    instance_path.mkdir(parents=True, exist_ok=True)
+    build_city_db(instance_path / "GeoLite2-City.mmdb")
+    return {"TESTING": True, "MONGO_URI": mongo_uri, "LOAD_PLUGINS": [], "RATE_LIMIT": "off"}
+
+
+def last_event(stored_events: Any) -> dict[str, Any]:
+    return dict(stored_events()[-1])
+
+
+class TestGeo:
+    @pytest.mark.parametrize(
+        ("ip", "expected"),
+        [
+            (
+                "81.2.69.160",
+                {
+                    "country": "GB",
+                    "region": "GB-ENG",
+                    "city": "London",
+                    "lat": 51.5142,
+                    "lon": -0.0931,
+                    "timezone": "Europe/London",
+                },
+            ),
+            (
+                "89.160.20.120",
+                {
+                    "country": "SE",
+                    "region": "SE-E",
+                    "city": "Linköping",
+                    "timezone": "Europe/Stockholm",
+                },
+            ),
+            ("2a02:cf40::1", {"country": "NO", "timezone": "Europe/Oslo"}),
+            ("::ffff:81.2.69.160", {"country": "GB", "city": "London"}),
+        ],
+    )
+    def test_public_addresses_are_located(
+        self, post: Any, stored_events: Any, ip: str, expected: dict[str, Any]
+    ) -> None:
+        assert post(ip_address=ip).status_code == 200
+        event = last_event(stored_events)
+        for field, value in expected.items():
+            assert event[field] == value, field
+        if "city" not in expected:
+            assert "city" not in event and "region" not in event
+
+    @pytest.mark.parametrize(
+        "ip", ["10.1.2.3", "192.168.1.1", "127.0.0.1", "::1", "fe80::1", "8.8.8.8"]
+    )
+    def test_private_reserved_and_unknown_addresses_get_no_geo(
+        self, post: Any, stored_events: Any, ip: str
+    ) -> None:
+        assert post(ip_address=ip).status_code == 200
+        event = last_event(stored_events)
+        assert not {"country", "region", "city", "lat", "lon", "timezone"} & set(event)
+
+    def test_socket_address_is_used_without_a_body_ip(
+        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+    ) -> None:
+        body = {"api_key": api_key, "site_id": site["site_id"]}
+        client.post("/api/track", json=body, environ_base={"REMOTE_ADDR": "81.2.69.10"})
+        assert last_event(stored_events)["country"] == "GB"
+
+    def test_forwarded_for_is_trusted_only_through_configured_proxies(
+        self, instance_path: Path, app_config: dict[str, Any]
+    ) -> None:
+        from rybbit import create_app, keys, sites
+
+        def country_seen(trusted: int, forwarded: str) -> str | None:
+            app = create_app({**app_config, "TRUSTED_PROXIES": trusted})
+            with app.app_context():
+                site = sites.create_site(get_store(), name="g", domain="g.example")
+                key = keys.create_key(get_store(), site["site_id"])["api_key"]
+            app.test_client().post(
+                "/api/track",
+                json={"api_key": key, "site_id": site["site_id"]},
+                headers={"X-Forwarded-For": forwarded},
+                environ_base={"REMOTE_ADDR": "10.0.0.1"},
+            )
+            with app.app_context():
+                store = get_store()
+                with store.op():
+                    return store.events.find_one({"site_id": site["site_id"]}).get("country")
+
+        # The client wrote the leftmost entry itself; one proxy appended the real address.
+        assert country_seen(1, "89.160.20.120, 81.2.69.160") == "GB"
+        assert country_seen(2, "89.160.20.120, 81.2.69.160") == "SE"
+        assert country_seen(0, "89.160.20.120, 81.2.69.160") is None  # socket address 10.0.0.1
+
+    def test_country_exclusion_uses_geo(
+        self, app: Flask, client: FlaskClient, post: Any, site: dict[str, Any], stored_events: Any
+    ) -> None:
+        from rybbit import sites
+
+        with app.app_context():
+            sites.update_site(
+                get_store(), site["site_id"], {"settings": {"excluded_countries": ["GB"]}}
+            )
+        response = post(ip_address="81.2.69.160")
+        assert response.get_json() == {
+            "success": True,
+            "message": "Event not tracked - country excluded",
+        }
+        assert post(ip_address="89.160.20.120").get_json() == {"success": True}
+        assert [e["country"] for e in stored_events()] == ["SE"]
+
+
+def test_geo_without_database_is_disabled_not_broken(
+    instance_path: Path, app_config: dict[str, Any]
+) -> None:
+    from rybbit import create_app
+
+    (instance_path / "GeoLite2-City.mmdb").unlink()
+    app = create_app({**app_config, "ADMIN_TOKEN": "t" * 20})
+    report = {
+        p["name"]: p
+        for p in app.test_client()
+        .get("/api/admin/plugins", headers={"Authorization": "Bearer " + "t" * 20})
+        .get_json()["plugins"]
+    }
+    assert "no database at" in report["geo"]["status"] and report["geo"]["healthy"] is False
+
+
+def test_geo_refuses_a_country_database(instance_path: Path, app_config: dict[str, Any]) -> None:
+    from plugins.geo import GeoEnricher
+
+    path = build_city_db(instance_path / "country.mmdb", database_type="GeoIP2-Country")
+    enricher = GeoEnricher(str(path))
+    assert enricher.reader is None and "not a City database" in (enricher.status() or "")
+
+
+class TestUrlParams:
+    def test_utm_fields_and_all_parameters(self, post: Any, stored_events: Any) -> None:
+        query = "?utm_source=Newsletter&UTM_Medium=email&utm_campaign=launch&utm_term=t&utm_content=c&gclid=abc&x.y=1&$z=2&utm_source=second"
+        assert post(querystring=query).status_code == 200
+        event = last_event(stored_events)
+        assert (event["utm_source"], event["utm_medium"], event["utm_campaign"]) == (
+            "Newsletter",
+            "email",
+            "launch",
+        )
+        assert (event["utm_term"], event["utm_content"], event["gclid"]) == ("t", "c", "abc")
+        assert event["url_parameters"]["utm_source"] == "Newsletter", "first value wins"
+        assert (
+            event["url_parameters"]["x\uff0ey"] == "1" and event["url_parameters"]["\uff04z"] == "2"
+        )
+
+    @pytest.mark.parametrize("query", ["", "?", "?&&", "plain"])
+    def test_no_parameters_no_fields(self, post: Any, stored_events: Any, query: str) -> None:
+        assert post(querystring=query).status_code == 200
+        event = last_event(stored_events)
+        assert "utm_source" not in event
+        if query != "plain":
+            assert "url_parameters" not in event
+
+
+class TestScreen:
+    @pytest.mark.parametrize(
+        ("size", "expected"),
+        [
+            ((390, 844), "Mobile"),
+            ((844, 390), "Mobile"),
+            ((360, 800), "Mobile"),
+            ((768, 1024), "Tablet"),
+            ((820, 1180), "Tablet"),
+            ((1024, 1366), "Tablet"),
+            ((1280, 800), "Desktop"),
+            ((1920, 1080), "Desktop"),
+            ((1366, 768), "Desktop"),
+            ((2560, 1440), "Desktop"),
+        ],
+    )
+    def test_device_type_from_screen(self, size: tuple[int, int], expected: str) -> None:
+        assert device_type_from_screen(*size) == expected
+
+    def test_screen_decides_only_when_the_user_agent_is_silent(
+        self, post: Any, stored_events: Any
+    ) -> None:
+        post(user_agent="MyApp/1.0 (Linux; x64)", screenWidth=390, screenHeight=844)
+        assert last_event(stored_events)["device_type"] == "Mobile"
+        post(user_agent="MyApp/1.0 (Linux; x64)")
+        assert last_event(stored_events)["device_type"] == "Unknown"
+        desktop = (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36"
+        )
+        post(user_agent=desktop, screenWidth=390, screenHeight=844)
+        assert last_event(stored_events)["device_type"] == "Desktop"
+        event = last_event(stored_events)
+        assert (event["screen_width"], event["screen_height"]) == (390, 844)
+
+
+class TestIdentity:
+    UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+
+    def test_client_user_id_is_kept(self, post: Any, stored_events: Any) -> None:
+        post(user_id="customer-7", ip_address="81.2.69.160")
+        event = last_event(stored_events)
+        assert event["user_id"] == "customer-7" and "anonymous" not in event
+
+    def test_anonymous_id_is_stable_per_visitor_and_differs_between_visitors(
+        self, post: Any, stored_events: Any
+    ) -> None:
+        for ip in ("81.2.69.160", "81.2.69.160", "81.2.69.161"):
+            post(ip_address=ip, user_agent=self.UA)
+        ids = [e["user_id"] for e in stored_events()]
+        assert ids[0] == ids[1] != ids[2]
+        assert all(e["anonymous"] is True and len(e["user_id"]) == 32 for e in stored_events())
+        assert "81.2.69.160" not in json.dumps([e["user_id"] for e in stored_events()])
+
+    def test_salt_rotates_daily_and_is_destroyed_after_48_hours(
+        self, app: Flask, post: Any, stored_events: Any
+    ) -> None:
+        post(ip_address="81.2.69.160", user_agent=self.UA)
+        today_id = last_event(stored_events)["user_id"]
+        with app.app_context():
+            store = get_store()
+            with store.op():
+                (salt,) = list(store.db["salts"].find({}))
+        assert salt["_id"] == datetime.now(UTC).strftime("%Y-%m-%d")
+
+        from plugins.identity import IdentityEnricher
+        from rybbit.plugin_loader import RUNNER_KEY
+
+        (identity,) = [
+            e for e in app.extensions[RUNNER_KEY].enrichers if isinstance(e, IdentityEnricher)
+        ]
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        later = tomorrow + SALT_LIFETIME
+        with app.app_context():
+            store = get_store()
+            tomorrows_salt = identity.salts.for_day(store, tomorrow)
+            assert tomorrows_salt != bytes.fromhex(salt["salt"])
+            identity.salts.for_day(store, later)
+            with store.op():
+                remaining = {doc["_id"] for doc in store.db["salts"].find({})}
+        assert salt["_id"] not in remaining, "a salt is gone 48 hours after it was made"
+        assert today_id not in remaining
+
+
+class TestSessions:
+    def test_events_within_30_minutes_share_a_session(self, post: Any, stored_events: Any) -> None:
+        for _ in range(3):
+            post(user_id="u1")
+        post(user_id="u2")
+        events = stored_events()
+        assert events[0]["session_id"] == events[1]["session_id"] == events[2]["session_id"]
+        assert events[3]["session_id"] != events[0]["session_id"]
+
+    def test_inactivity_ends_the_session(self, app: Flask, post: Any, stored_events: Any) -> None:
+        post(user_id="u1")
+        first = last_event(stored_events)["session_id"]
+        with app.app_context():
+            store = get_store()
+            with store.op():
+                store.db["sessions"].update_many(
+                    {}, {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}}
+                )
+        post(user_id="u1")
+        assert last_event(stored_events)["session_id"] != first
+        post(user_id="u1")
+        assert len({e["session_id"] for e in stored_events()}) == 2
+
+    def test_sessions_are_per_site(
+        self, app: Flask, client: FlaskClient, post: Any, stored_events: Any
+    ) -> None:
+        from rybbit import keys, sites
+
+        with app.app_context():
+            other = sites.create_site(get_store(), name="o", domain="o.example")
+            key = keys.create_key(get_store(), other["site_id"])["api_key"]
+        post(user_id="same")
+        client.post(
+            "/api/track", json={"api_key": key, "site_id": other["site_id"], "user_id": "same"}
+        )
+        a, b = stored_events()
+        assert a["session_id"] != b["session_id"]

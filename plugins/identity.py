@@ -42,17 +42,17 @@ class DailySalts:
 
     def _fetch_or_create(self, store: Any, day: str, now: datetime) -> bytes:
         with store.op():
-            store.db["salts"].delete_many({"created_at": {"$lt": now - SALT_LIFETIME}})
-            found = store.db["salts"].find_one({"_id": day})
+            store.state("salts").delete_many({"created_at": {"$lt": now - SALT_LIFETIME}})
+            found = store.state("salts").find_one({"_id": day})
         if found is None:
             doc = {"_id": day, "salt": secrets.token_hex(32), "created_at": now}
             try:
                 with store.op():
-                    store.db["salts"].insert_one(doc)
+                    store.state("salts").insert_one(doc)
                 found = doc
             except DuplicateKey:  # another worker made today's salt first: use theirs
                 with store.op():
-                    found = store.db["salts"].find_one({"_id": day})
+                    found = store.state("salts").find_one({"_id": day})
         return bytes.fromhex(found["salt"])
 
 

@@ -33,7 +33,7 @@ class SessionsEnricher(Enricher):
             return
         self._next_cleanup = now + timedelta(hours=1)
         with store.op():
-            store.db["sessions"].delete_many({"last_seen": {"$lt": now - timedelta(days=1)}})
+            store.state("sessions").delete_many({"last_seen": {"$lt": now - timedelta(days=1)}})
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         visitor = event.get("user_id")
@@ -43,7 +43,7 @@ class SessionsEnricher(Enricher):
         key = f"{event['site_id']}:{visitor}"
         now = context.received_at
         self._clean_up(store, now)
-        sessions = store.db["sessions"]
+        sessions = store.state("sessions")
         with store.op():
             live = sessions.find_one_and_update(
                 {"_id": key, "last_seen": {"$gte": now - self.timeout}},
@@ -59,7 +59,7 @@ class SessionsEnricher(Enricher):
         try:
             with store.op():
                 # Matches only an expired session; with none, the upsert inserts the visitor.
-                store.db["sessions"].update_one(
+                store.state("sessions").update_one(
                     {"_id": key, "last_seen": {"$lt": now - self.timeout}},
                     {"$set": fresh},
                     upsert=True,
@@ -67,7 +67,7 @@ class SessionsEnricher(Enricher):
             return fresh
         except DuplicateKey:  # another worker started or renewed it a moment ago
             with store.op():
-                return store.db["sessions"].find_one({"_id": key}) or fresh
+                return store.state("sessions").find_one({"_id": key}) or fresh
 
 
 @hookimpl

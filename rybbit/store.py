@@ -89,6 +89,15 @@ class Store:
     def api_keys(self) -> Any:
         return self.db["api_keys"]
 
+    def state(self, name: str) -> Any:
+        """A collection for derived, rebuildable state (sessions, salts): acknowledged but not
+        journaled, since losing the last write costs at most a split session, while waiting
+        for the journal would cost every event a disk flush."""
+        collection = self.db[name]
+        if self.embedded:
+            return collection
+        return collection.with_options(write_concern=WriteConcern(w=1, j=False))
+
     @contextlib.contextmanager
     def op(self) -> Iterator[None]:
         """Run one store operation: serialised on the embedded store, errors translated."""

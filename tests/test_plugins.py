@@ -251,3 +251,20 @@ def test_plugins_report_covers_every_builtin(instance_path: Path) -> None:
 
 def test_plugins_route_needs_the_admin_token(instance_path: Path) -> None:
     assert make_app().test_client().get("/api/admin/plugins").status_code == 401
+
+
+def test_every_hook_is_documented_and_exercised() -> None:
+    """A new hook needs a section in docs/plugins.md and a test that calls it."""
+    import inspect
+
+    from rybbit import hookspecs
+
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    examples = (ROOT / "examples" / "rybbit-plugin-example" / "rybbit_plugin_example.py").read_text()
+    hooks = [name for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
+             if hasattr(f, hookspecs.PROJECT + "_spec")]
+    assert hooks == ["register_enrichers"]
+    for hook in hooks:
+        assert f"### `{hook}(" in guide
+        assert f"def {hook}(" in examples and "installed_example" in tests

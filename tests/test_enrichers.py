@@ -297,3 +297,224 @@ class TestSessions:
         )
         a, b = stored_events()
         assert a["session_id"] != b["session_id"]
+
+
+UA_TABLE = [
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        "Desktop",
+        "Chrome",
+        "124",
+        "Windows",
+    ),
+    (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+        "Desktop",
+        "Safari",
+        "17",
+        "Mac OS X",
+    ),
+    (
+        "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+        "Desktop",
+        "Firefox",
+        "125",
+        "Linux",
+    ),
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51",
+        "Desktop",
+        "Edge",
+        "124",
+        "Windows",
+    ),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+        "Mobile",
+        "Mobile Safari",
+        "17",
+        "iOS",
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+        "Mobile",
+        "Chrome Mobile",
+        "124",
+        "Android",
+    ),
+    (
+        "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1",
+        "Tablet",
+        "Mobile Safari",
+        "16",
+        "iOS",
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        "Tablet",
+        "Chrome",
+        "120",
+        "Android",
+    ),
+    (
+        "Mozilla/5.0 (SMART-TV; LINUX; Tizen 6.0) AppleWebKit/537.36 (KHTML, like Gecko) 85.0.4183.93/6.0 TV Safari/537.36",
+        "TV",
+        None,
+        None,
+        "Tizen",
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 9; AFTMM) AppleWebKit/537.36 (KHTML, like Gecko) Silk/102.2.1 like Chrome/102.0.5005.125 Safari/537.36",
+        "TV",
+        "Amazon Silk",
+        "102",
+        "Android",
+    ),
+    (
+        "Mozilla/5.0 (PlayStation; PlayStation 5/2.26) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/13.0 Safari/605.1.15",
+        "Console",
+        None,
+        None,
+        None,
+    ),
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; Xbox; Xbox One) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/70.0.3538.102 Safari/537.36 Edge/18.19041",
+        "Console",
+        "Edge",
+        "18",
+        "Windows",
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 11; SM-R890) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.104 Mobile Safari/537.36",
+        "Wearable",
+        None,
+        None,
+        "Android",
+    ),
+    (
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Bot",
+        "Googlebot",
+        "2",
+        None,
+    ),
+    ("MyApp/1.0 (Linux; x64)", "Unknown", None, None, "Linux"),
+]
+
+
+@pytest.mark.parametrize(
+    ("ua", "device_type", "browser", "version", "os_family"),
+    UA_TABLE,
+    ids=[row[1] + "-" + row[0][:30] for row in UA_TABLE],
+)
+def test_device_fields_for_real_user_agents(
+    app: Flask,
+    post: Any,
+    site: dict[str, Any],
+    stored_events: Any,
+    ua: str,
+    device_type: str,
+    browser: str | None,
+    version: str | None,
+    os_family: str | None,
+) -> None:
+    from rybbit import sites
+
+    with app.app_context():  # let bots be stored so their fields can be read
+        sites.update_site(get_store(), site["site_id"], {"settings": {"block_bots": False}})
+    assert post(user_agent=ua).status_code == 200
+    event = last_event(stored_events)
+    assert event["device_type"] == device_type
+    if browser:
+        assert (event["browser"], event["browser_version"]) == (browser, version)
+    if os_family:
+        assert event["operating_system"] == os_family
+
+
+def test_user_agent_header_is_used_without_a_body_one(
+    client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    client.post(
+        "/api/track",
+        json={"api_key": api_key, "site_id": site["site_id"]},
+        headers={"User-Agent": UA_TABLE[4][0]},
+    )
+    assert last_event(stored_events)["device_type"] == "Mobile"
+
+
+class TestBots:
+    def test_bots_are_not_stored_by_default(self, post: Any, stored_events: Any) -> None:
+        response = post(
+            user_agent="Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
+        )
+        assert response.get_json() == {
+            "success": True,
+            "message": "Event not tracked - bot detected",
+        }
+        assert (
+            post(user_agent="curl/8.5.0").get_json()["message"]
+            == "Event not tracked - bot detected"
+        )
+        assert stored_events() == []
+
+    def test_http_library_calling_with_a_key_is_not_a_bot(
+        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+    ) -> None:
+        response = client.post(
+            "/api/track",
+            json={"api_key": api_key, "site_id": site["site_id"]},
+            headers={"User-Agent": "python-requests/2.31.0"},
+        )
+        assert response.get_json() == {"success": True}
+        assert "is_bot" not in last_event(stored_events)
+
+    def test_with_block_bots_off_bots_are_stored_and_flagged(
+        self, app: Flask, post: Any, site: dict[str, Any], stored_events: Any
+    ) -> None:
+        from rybbit import sites
+
+        with app.app_context():
+            sites.update_site(get_store(), site["site_id"], {"settings": {"block_bots": False}})
+        assert post(user_agent=UA_TABLE[13][0]).get_json() == {"success": True}
+        event = last_event(stored_events)
+        assert event["is_bot"] is True and event["device_type"] == "Bot"
+
+
+CHANNELS = [
+    ("", "", "Direct"),
+    ("https://shop.example.com/other", "", "Internal"),
+    ("https://www.google.com/", "", "Organic Search"),
+    ("https://www.google.co.uk/search?q=x", "", "Organic Search"),
+    ("https://duckduckgo.com/", "", "Organic Search"),
+    ("", "?utm_source=google&utm_medium=cpc", "Paid Search"),
+    ("https://www.google.com/", "?gclid=abc", "Paid Search"),
+    ("https://t.co/xyz", "", "Organic Social"),
+    ("https://www.reddit.com/r/x", "", "Organic Social"),
+    ("", "?utm_source=facebook&utm_medium=paid_social", "Paid Social"),
+    ("https://www.youtube.com/watch?v=1", "", "Organic Video"),
+    ("https://www.amazon.de/", "", "Organic Shopping"),
+    ("https://chatgpt.com/", "", "AI"),
+    ("", "?utm_source=newsletter&utm_medium=email", "Email"),
+    ("https://mail.google.com/", "", "Email"),
+    ("", "?utm_source=sms", "SMS"),
+    ("", "?utm_source=partner&utm_medium=affiliate", "Affiliate"),
+    ("", "?utm_source=adnet&utm_medium=display", "Display"),
+    ("", "?utm_campaign=cross-network", "Cross-Network"),
+    ("https://blog.example.org/post", "", "Referral"),
+    ("https://docs.google.com/document/d/1", "", "Referral"),
+]
+
+
+@pytest.mark.parametrize(
+    ("referrer", "query", "expected"), CHANNELS, ids=[c[2] + ":" + (c[0] or c[1]) for c in CHANNELS]
+)
+def test_channel(post: Any, stored_events: Any, referrer: str, query: str, expected: str) -> None:
+    assert (
+        post(hostname="shop.example.com", referrer=referrer, querystring=query).status_code == 200
+    )
+    event = last_event(stored_events)
+    assert event["channel"] == expected
+    if expected == "Internal":
+        assert event["referrer"] == "", "self-referrals are emptied"
+    elif referrer:
+        assert event["referrer"] == referrer

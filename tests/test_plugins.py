@@ -261,9 +261,14 @@ def test_every_hook_is_documented_and_exercised() -> None:
 
     guide = (ROOT / "docs" / "plugins.md").read_text()
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
-    examples = (ROOT / "examples" / "rybbit-plugin-example" / "rybbit_plugin_example.py").read_text()
-    hooks = [name for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
-             if hasattr(f, hookspecs.PROJECT + "_spec")]
+    examples = (
+        ROOT / "examples" / "rybbit-plugin-example" / "rybbit_plugin_example.py"
+    ).read_text()
+    hooks = [
+        name
+        for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(f, hookspecs.PROJECT + "_spec")
+    ]
     assert hooks == ["register_enrichers"]
     for hook in hooks:
         assert f"### `{hook}(" in guide

@@ -7,7 +7,6 @@ enricher reports itself disabled and events are stored without geo fields.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from functools import lru_cache
@@ -18,21 +17,17 @@ import geoip2.errors
 import maxminddb
 
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
+from rybbit.site_rules import client_address
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4096)
 def lookup_address(ip: str) -> str | None:
-    """The address to look up (IPv4-mapped IPv6 as IPv4), or None for private and reserved
-    addresses, which no database can place."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return str(address) if address.is_global else None
+    """The address to look up, or None for private and reserved addresses, which no database
+    can place."""
+    address = client_address(ip)
+    return str(address) if address is not None and address.is_global else None
 
 
 def open_reader(path: str) -> geoip2.database.Reader:

@@ -17,16 +17,22 @@ def _networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:
-    if not client_ip or not excluded:
-        return False
+@lru_cache(maxsize=4096)
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address an IP string names, IPv4-mapped IPv6 (``::ffff:1.2.3.4``) as the IPv4 it
+    carries; None if it is not an address."""
     try:
-        address = ipaddress.ip_address(client_ip)
+        address = ipaddress.ip_address(ip)
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(excluded)))
+        return address.ipv4_mapped
+    return address
+
+
+def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:
+    address = client_address(client_ip) if client_ip and excluded else None
+    return address is not None and any(address in net for net in _networks(tuple(excluded)))
 
 
 def exclusion_reason(

@@ -26,19 +26,19 @@ class DailySalts:
     """Today's salt, from the store, cached in the process for the rest of the day."""
 
     def __init__(self) -> None:
-        self._day: str | None = None
-        self._salt = b""
+        # One tuple, replaced whole, so no thread can pair one day with another day's salt.
+        self._current: tuple[str, bytes] = ("", b"")
         self._lock = threading.Lock()
 
     def for_day(self, store: Any, now: datetime) -> bytes:
         day = now.strftime("%Y-%m-%d")
-        if day == self._day:
-            return self._salt
+        current_day, salt = self._current
+        if day == current_day:
+            return salt
         with self._lock:
-            if day != self._day:
-                self._salt = self._fetch_or_create(store, day, now)
-                self._day = day
-        return self._salt
+            if self._current[0] != day:
+                self._current = (day, self._fetch_or_create(store, day, now))
+            return self._current[1]
 
     def _fetch_or_create(self, store: Any, day: str, now: datetime) -> bytes:
         with store.op():

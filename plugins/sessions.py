@@ -20,7 +20,7 @@ from rybbit.store import DuplicateKey
 
 class SessionsEnricher(Enricher):
     name = "sessions"
-    after = ("identity",)
+    after = ("identity", "bots")
 
     def __init__(self, timeout: timedelta) -> None:
         self.timeout = timeout
@@ -38,8 +38,8 @@ class SessionsEnricher(Enricher):
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         visitor = event.get("user_id")
         store = context.store
-        if not visitor or store is None:
-            return
+        if not visitor or store is None or event.get("is_bot"):
+            return  # bots get no sessions
         key = f"{event['site_id']}:{visitor}"
         now = context.received_at
         self._clean_up(store, now)

@@ -63,8 +63,9 @@ def _require_admin() -> None:
     if token is None:
         raise ApiError(403, "Admin API disabled")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # WSGI hands headers over as latin-1 text; encoding back gives the bytes that were sent.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
+        given.strip().encode("latin-1", "replace"), token.encode("utf-8")
     ):
         raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 

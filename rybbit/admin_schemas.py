@@ -133,5 +133,5 @@ class EventsQuerySchema(Schema):
     end = Moment(data_key="to")
     type = fields.String(validate=validate.OneOf(EVENT_TYPES))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    cursor = fields.String(validate=validate.Regexp(r"\d+_[0-9a-f]{24}"))
+    cursor = fields.String(validate=validate.Regexp(r"\A[0-9]{1,15}_[0-9a-f]{24}\Z"))
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))

@@ -62,6 +62,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     for name in ("MONGO_URI", "RATELIMIT_STORAGE_URI"):
         if os.environ.get(name):
             app.config[name] = os.environ[name]
+    # A secret is text as given: the JSON parsing above would turn "000123..." into a number.
+    if os.environ.get("RYBBIT_ADMIN_TOKEN"):
+        app.config["ADMIN_TOKEN"] = os.environ["RYBBIT_ADMIN_TOKEN"]
     if test_config:
         app.config.from_mapping(test_config)
 

@@ -47,6 +47,8 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
 def _standard_headers(response: Response) -> Response:
     """The IETF ``RateLimit-*`` fields beside Flask-Limiter's ``X-RateLimit-*`` ones."""
     current = limiter.current_limit
+    if response.status_code < 300:
+        response.headers.pop("Retry-After", None)  # Flask-Limiter sets it on every response
     if current is not None:
         response.headers["RateLimit-Limit"] = str(current.limit.amount)
         response.headers["RateLimit-Remaining"] = str(current.remaining)
@@ -65,6 +67,8 @@ def init_app(app: Flask) -> None:
         parse(text)  # a malformed setting fails start-up, not every request
         scheme = str(app.config["RATELIMIT_STORAGE_URI"]).split("://", 1)[0]  # no credentials
         log.info("rate limit: %s per API key, state in %s storage", text, scheme)
+    # Flask runs after_request hooks in reverse order of registration: registered before the
+    # limiter's own, this one runs after it and sees the headers it wrote.
+    app.after_request(_standard_headers)
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, _rate_limited)
-    app.after_request(_standard_headers)

@@ -175,8 +175,15 @@ def safe_key(key: str) -> str:
     return key.replace("\x00", "")
 
 
+def _check_text(text: str) -> str:
+    if not text.isascii():
+        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for unpaired surrogates
+    return text
+
+
 def _check_json_value(value: Any, depth: int = 0) -> Any:
-    """Refuse what BSON cannot hold; escape keys MongoDB would read as operators or paths."""
+    """Refuse what BSON or JSON output cannot hold (unpaired surrogates, non-finite numbers,
+    deep nesting); escape keys MongoDB would read as operators or paths."""
     if depth > PROPERTIES_MAX_DEPTH:
         raise ValueError(f"nested deeper than {PROPERTIES_MAX_DEPTH} levels")
     if isinstance(value, dict):
@@ -184,10 +191,14 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if "\x00" in key:
                 raise ValueError("keys must not contain NUL characters")
-            out[safe_key(key)] = _check_json_value(item, depth + 1)
+            out[safe_key(_check_text(key))] = _check_json_value(item, depth + 1)
         return out
     if isinstance(value, list):
         return [_check_json_value(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return _check_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")  # 1e999 parses as inf
     if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
         return float(value)
     return value

@@ -35,31 +35,30 @@ def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:
     return address is not None and any(address in net for net in _networks(tuple(excluded)))
 
 
-def exclusion_reason(
-    settings: dict[str, Any], event: dict[str, Any], client_ip: str | None
-) -> str | None:
-    """Why the site does not want this event (Rybbit's wording), or None to keep it."""
+def exclusion_reason(settings: dict[str, Any], event: dict[str, Any]) -> str | None:
+    """Why the site does not want this enriched event (Rybbit's wording), or None to keep it.
+    (Excluded IPs are checked before enrichment, see ``ip_excluded``.)"""
     if settings.get("block_bots") and event.get("is_bot"):
         return "bot detected"
-    if ip_excluded(client_ip, settings.get("excluded_ips", [])):
-        return "IP excluded"
     country = event.get("country")
     if country and country in settings.get("excluded_countries", []):
         return "country excluded"
     return None
 
 
-def apply_privacy(site: dict[str, Any], event: dict[str, Any], client_ip: str | None) -> None:
-    """Strip or pseudonymise what the site's settings say may not be stored as sent."""
-    settings = site.get("settings", {})
-    # The raw IP is kept only for sites that opted in (track_ip).
+def pseudonymise(site: dict[str, Any], event: dict[str, Any]) -> None:
+    """salt_user_ids: replace the client's user_id by a keyed hash before anything (enrichers,
+    session state, the store) sees it. It stays stable, so one user's events still group
+    together, but cannot be turned back into the id without the site's secret, which never
+    leaves the store."""
+    if site.get("settings", {}).get("salt_user_ids") and event.get("user_id"):
+        digest = hmac.new(site["user_id_salt"].encode(), event["user_id"].encode(), hashlib.sha256)
+        event["user_id"] = digest.hexdigest()[:32]
+
+
+def apply_ip_policy(settings: dict[str, Any], event: dict[str, Any], client_ip: str | None) -> None:
+    """The raw IP is kept only for sites that opted in (track_ip)."""
     if settings.get("track_ip") and client_ip:
         event["ip_address"] = client_ip
     else:
         event.pop("ip_address", None)
-    # salt_user_ids: store a keyed hash of the client's user_id. It stays stable, so one user's
-    # events still group together, but cannot be turned back into the id without the site's
-    # secret, which never leaves the store.
-    if settings.get("salt_user_ids") and event.get("user_id"):
-        digest = hmac.new(site["user_id_salt"].encode(), event["user_id"].encode(), hashlib.sha256)
-        event["user_id"] = digest.hexdigest()[:32]

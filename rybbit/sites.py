@@ -78,19 +78,23 @@ def update_site(store: Store, site_id: str, changes: dict[str, Any]) -> dict[str
 
 
 def delete_site(store: Store, site_id: str) -> bool:
-    """Delete a site: revoke its keys, delete its events, keep a tombstone. False if absent."""
-    now = datetime.now(UTC)
-    with store.op():
-        result = store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": {"deleted_at": now}})
-    if result.matched_count == 0:
+    """Delete a site: revoke its keys, delete its events, then leave a tombstone.
+
+    The tombstone comes last, so a failure half-way (a 503) leaves a live site on which the
+    client's retry redoes the rest. False if there is no such live site.
+    """
+    if find_site(store, site_id) is None:
         return False
+    now = datetime.now(UTC)
     with store.op():
         store.api_keys.update_many(
             {"site_id": site_id, "revoked_at": None}, {"$set": {"revoked_at": now}}
         )
     with store.op():
         store.events.delete_many({"site_id": site_id})
-    return True
+    with store.op():
+        result = store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": {"deleted_at": now}})
+    return bool(result.matched_count)
 
 
 def settings_of(site: dict[str, Any]) -> dict[str, Any]:

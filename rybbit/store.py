@@ -16,6 +16,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import montydb.errors
+import montydb.storage
 import pymongo
 import pymongo.errors
 from flask import Flask, current_app
@@ -27,6 +29,12 @@ EXTENSION_KEY = "rybbit.store"
 COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions")
 
 
+# montydb raises its own duplicate-key errors (inserts, and upserts in its storage layer).
+_DUPLICATE_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.DuplicateKeyError,
+    montydb.errors.DuplicateKeyError,
+    montydb.storage.StorageDuplicateKeyError,
+)
 # "NotImplemented" and "CommandNotSupported": features a MongoDB-wire server lacks.
 _NOT_SUPPORTED_CODES = (115, 238)
 
@@ -54,7 +62,7 @@ def translate_errors() -> Iterator[None]:
     """Turn driver errors into the two outcomes callers handle: unavailable, duplicate."""
     try:
         yield
-    except pymongo.errors.DuplicateKeyError as exc:
+    except _DUPLICATE_ERRORS as exc:
         raise DuplicateKey(str(exc)) from exc
     except pymongo.errors.BulkWriteError as exc:
         if all(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
@@ -192,9 +200,10 @@ class _StoreHolder:
                     store = _open_embedded(self.app)
                 try:
                     store.ensure_indexes()
-                except StoreUnavailable:
-                    # Not fatal: the indexes are created on the next process start.
-                    log.warning("could not create indexes now; the store is unavailable")
+                except (StoreUnavailable, pymongo.errors.PyMongoError) as exc:
+                    # Not fatal: serving without an index beats not serving; retried on the
+                    # next process start.
+                    log.error("could not create indexes (%s); continuing without", exc)
                 self._store, self._pid = store, pid
         return self._store
 

@@ -44,9 +44,14 @@ def track() -> ResponseReturnValue:
     store = get_store()
     received_at = now_ms()
 
-    # A body IP is trusted because the request carries a valid key (server-side tracking).
+    # A body IP is trusted because the request carries a valid API key (server-side tracking).
     client_ip = payload.get("ip_address") or request.remote_addr
+    settings = sites.settings_of(site)
+    if site_rules.ip_excluded(client_ip, settings["excluded_ips"]):
+        return jsonify(success=True, message="Event not tracked - IP excluded")
+
     event = build_event(payload, key_id=key["_id"], received_at=received_at)
+    site_rules.pseudonymise(site, event)
     context = EnrichmentContext(
         site=site,
         remote_addr=request.remote_addr,
@@ -57,10 +62,10 @@ def track() -> ResponseReturnValue:
     )
     current_app.extensions[RUNNER_KEY].run(event, context)
 
-    reason = site_rules.exclusion_reason(sites.settings_of(site), event, client_ip)
+    reason = site_rules.exclusion_reason(settings, event)
     if reason is not None:
         return jsonify(success=True, message=f"Event not tracked - {reason}")
-    site_rules.apply_privacy(site, event, client_ip)
+    site_rules.apply_ip_policy(settings, event, client_ip)
     with store.op():
         store.events.insert_one(event)
     usage_recorder(current_app).touch(store, key["_id"], received_at)

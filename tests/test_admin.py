@@ -527,3 +527,18 @@ def test_secrets_never_reach_the_logs(
     track(client, key)
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert key["api_key"] not in text and TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "1_" + "a" * 24 + "_zz",
+        "9" * 20 + "_" + "a" * 24,
+        "9" * 5000 + "_" + "a" * 24,
+        "\u0661_" + "a" * 24,
+    ],
+)
+def test_malformed_cursors_are_400(admin: Admin, cursor: str) -> None:
+    site = admin.site()
+    response = admin("GET", f"/sites/{site['site_id']}/events", query_string={"cursor": cursor})
+    assert response.status_code == 400 and response.get_json()["error"] == "Invalid payload"

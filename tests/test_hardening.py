@@ -231,3 +231,52 @@ def test_openapi_operations_never_fail(
             assert body["success"] is False and isinstance(body["error"], str)
 
     run()
+
+
+class TestReviewRegressions:
+    @pytest.mark.parametrize(
+        "props", ['{"a": "\\ud800"}', '{"\\udc80": 1}', '{"a": 1e999}', '{"a": [-1e400]}']
+    )
+    def test_unstorable_properties_are_400(self, post: Any, stored_events: Any, props: str) -> None:
+        response = post(type="custom_event", event_name="e", properties=props)
+        assert response.status_code == 400
+        assert response.get_json()["details"]["fieldErrors"]["properties"] == [
+            "Properties must be a valid JSON string"
+        ]
+        assert stored_events() == []
+
+    def test_accepted_events_carry_no_retry_after(self, post: Any) -> None:
+        response = post()
+        assert response.status_code == 200 and "Retry-After" not in response.headers
+
+    def test_duplicate_ids_are_one_error_on_both_stores(self, app: Flask) -> None:
+        from rybbit.store import DuplicateKey
+
+        with app.app_context():
+            store = get_store()
+            with store.op():
+                store.sites.insert_one({"_id": "dup"})
+            with pytest.raises(DuplicateKey), store.op():
+                store.sites.insert_one({"_id": "dup"})
+
+    def test_salted_user_ids_never_reach_session_state(
+        self, app: Flask, post: Any, site: dict[str, Any]
+    ) -> None:
+        with app.app_context():
+            sites.update_site(get_store(), site["site_id"], {"settings": {"salt_user_ids": True}})
+        assert post(user_id="alice@example.com").status_code == 200
+        with app.app_context():
+            store = get_store()
+            with store.op():
+                state = json.dumps(list(store.db["sessions"].find({})), default=str)
+        assert "alice@example.com" not in state
+
+    def test_admin_token_from_the_environment_stays_text(
+        self, instance_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("RYBBIT_ADMIN_TOKEN", "0001234567890123456")
+        app = create_app({"MONGO_URI": None})
+        response = app.test_client().get(
+            "/api/admin/sites", headers={"Authorization": "Bearer 0001234567890123456"}
+        )
+        assert response.status_code == 200

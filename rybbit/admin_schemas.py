@@ -109,6 +109,14 @@ class KeyRotateSchema(Schema):
     grace_seconds = ZNumber(integer=True, minimum=0, maximum=MAX_GRACE_SECONDS, load_default=3600)
 
 
+_CURSOR = re.compile(r"^[0-9]{1,15}_[0-9a-f]{24}$")
+
+
+def _whole_cursor(value: str) -> None:
+    if not _CURSOR.fullmatch(value):
+        raise ValidationError("Invalid cursor")
+
+
 class Moment(fields.Field):
     """A point in time in a query string: ISO 8601 (UTC unless it says) or epoch milliseconds."""
 
@@ -133,5 +141,7 @@ class EventsQuerySchema(Schema):
     end = Moment(data_key="to")
     type = fields.String(validate=validate.OneOf(EVENT_TYPES))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    cursor = fields.String(validate=validate.Regexp(r"\A[0-9]{1,15}_[0-9a-f]{24}\Z"))
+    # The Regexp (ECMA syntax) is what the OpenAPI document shows; fullmatch closes the gap
+    # Python's `$` leaves before a trailing newline.
+    cursor = fields.String(validate=[validate.Regexp(_CURSOR.pattern), _whole_cursor])
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))

@@ -542,3 +542,11 @@ def test_malformed_cursors_are_400(admin: Admin, cursor: str) -> None:
     site = admin.site()
     response = admin("GET", f"/sites/{site['site_id']}/events", query_string={"cursor": cursor})
     assert response.status_code == 400 and response.get_json()["error"] == "Invalid payload"
+
+
+def test_cursor_with_a_trailing_newline_is_400(admin: Admin) -> None:
+    site = admin.site()
+    response = admin(
+        "GET", f"/sites/{site['site_id']}/events", query_string={"cursor": "1_" + "a" * 24 + "\n"}
+    )
+    assert response.status_code == 400

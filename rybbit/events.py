@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -13,6 +14,7 @@ from .jsonutil import json_default
 
 # Payload names that are stored under Rybbit's column names.
 _RENAMED = {"screenWidth": "screen_width", "screenHeight": "screen_height"}
+FUTURE_TOLERANCE = timedelta(hours=1)
 # Never stored: the credential is replaced by the id of the key that was used.
 _NOT_STORED = {"api_key"}
 
@@ -23,13 +25,31 @@ def now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def idempotent_id(site_id: str, event_id: str) -> ObjectId:
+    """The document id of a client-identified event: the same for every retry of it, so the
+    store's unique ``_id`` index (present on every store) keeps it from being stored twice."""
+    digest = hashlib.sha256(f"{site_id}\x00{event_id}".encode()).digest()
+    return ObjectId(digest[:12])
+
+
+def event_time(client_time: datetime | None, received_at: datetime) -> datetime:
+    """The client's time when given, unless it is more than an hour ahead of ours (a broken
+    clock): then ours. (Times over 72 hours old are refused by validation.)"""
+    if client_time is None or client_time > received_at + FUTURE_TOLERANCE:
+        return received_at
+    return client_time
+
+
 def build_event(payload: dict[str, Any], *, key_id: str, received_at: datetime) -> dict[str, Any]:
     """A new event document from a validated payload; enrichers add fields to it afterwards."""
     event: dict[str, Any] = {
         "site_id": payload["site_id"],
         "type": payload["type"],
-        "timestamp": received_at,
+        "timestamp": event_time(payload.get("timestamp"), received_at),
+        "received_at": received_at,
     }
+    if "event_id" in payload:
+        event["_id"] = idempotent_id(payload["site_id"], payload["event_id"])
     for name, value in payload.items():
         if name not in _NOT_STORED and name not in event:
             event[_RENAMED.get(name, name)] = value

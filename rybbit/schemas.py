@@ -11,6 +11,7 @@ import ipaddress
 import json
 import math
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
@@ -26,6 +27,7 @@ SCREEN_MAX = 65535
 # Deeper properties documents are refused: MongoDB caps nesting at 100 levels.
 PROPERTIES_MAX_DEPTH = 32
 _INT64 = 2**63
+CLIENT_TIME_MAX_AGE = timedelta(hours=72)
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
@@ -160,6 +162,29 @@ class ZNumber(_ZodField):
         return value
 
 
+class ClientTime(_ZodField):
+    """When the event happened, by the client's clock: ISO 8601 text (UTC unless it carries an
+    offset) or epoch milliseconds. At most ``CLIENT_TIME_MAX_AGE`` old."""
+
+    expected = "string or number"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        try:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise self.wrong_type(value)
+            if isinstance(value, str):
+                moment = datetime.fromisoformat(value)
+                moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            else:
+                moment = datetime.fromtimestamp(value / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            raise ValidationError("Invalid timestamp: use ISO 8601 or epoch milliseconds") from None
+        moment = moment.astimezone(UTC)
+        if moment < datetime.now(UTC) - CLIENT_TIME_MAX_AGE:
+            raise ValidationError("Timestamp must not be more than 72 hours in the past")
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 class ParsedJSON(NamedTuple):
     raw_length: int
     value: Any
@@ -263,6 +288,9 @@ class TrackEventSchema(Schema):
     inp = ZNumber(minimum=0, allow_none=True)
     fcp = ZNumber(minimum=0, allow_none=True)
     ttfb = ZNumber(minimum=0, allow_none=True)
+    # Extensions to Rybbit's payload: client-side idempotency and event time.
+    event_id = ZString(min_length=1, max_length=64)
+    timestamp = ClientTime()
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_type_rules(

@@ -14,7 +14,7 @@ from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
 from .ratelimit import current_limit
 from .schemas import TrackEventSchema
-from .store import get_store
+from .store import DuplicateKey, get_store
 
 bp = Blueprint("track", __name__)
 
@@ -66,8 +66,11 @@ def track() -> ResponseReturnValue:
     if reason is not None:
         return jsonify(success=True, message=f"Event not tracked - {reason}")
     site_rules.apply_ip_policy(settings, event, client_ip)
-    with store.op():
-        store.events.insert_one(event)
+    try:
+        with store.op():
+            store.events.insert_one(event)
+    except DuplicateKey:
+        pass  # a retry of an event_id that is stored already: acknowledge it again
     usage_recorder(current_app).touch(store, key["_id"], received_at)
     return jsonify(success=True)
 

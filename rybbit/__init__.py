@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin, cli, errors, openapi, plugin_loader, ratelimit, store, track
+from . import admin, batch, cli, errors, openapi, plugin_loader, ratelimit, store, track
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 
@@ -34,6 +34,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     ratelimit.init_app(app)
     track.init_app(app)
+    app.register_blueprint(batch.bp)
     admin.init_app(app)
     openapi.init_app(app)
     cli.init_app(app)

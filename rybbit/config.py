@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": 0,
     # A visitor's session ends after this much inactivity.
     "SESSION_TIMEOUT_SECONDS": 1800,
+    # POST /api/track/batch: most events and bytes (before and after gzip) per request.
+    "BATCH_MAX_EVENTS": 500,
+    "BATCH_MAX_CONTENT_LENGTH": 512 * 1024,
     # Request bodies above this size get a 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }

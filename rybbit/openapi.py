@@ -26,7 +26,15 @@ from .admin_schemas import (
     SiteCreateSchema,
     SiteUpdateSchema,
 )
-from .schemas import IpAddress, JSONString, SiteId, TrackEventSchema, ZNumber, ZString
+from .schemas import (
+    ClientTime,
+    IpAddress,
+    JSONString,
+    SiteId,
+    TrackEventSchema,
+    ZNumber,
+    ZString,
+)
 
 bp = Blueprint("openapi", __name__)
 EXTENSION_KEY = "rybbit.openapi"
@@ -50,6 +58,21 @@ class ErrorDetails(Schema):
 
 class InvalidPayloadError(Error):
     details = fields.Nested(ErrorDetails, required=True)
+
+
+class BatchItemResult(Schema):
+    index = fields.Integer(required=True)
+    success = fields.Boolean(required=True)
+    message = fields.String()
+    error = fields.String()
+    details = fields.Nested(ErrorDetails)
+
+
+class BatchResult(Schema):
+    success = fields.Boolean(required=True, metadata={"description": "True when no item failed"})
+    accepted = fields.Integer(required=True)
+    rejected = fields.Integer(required=True)
+    results = fields.List(fields.Nested(BatchItemResult), required=True)
 
 
 class Site(Schema):
@@ -172,7 +195,12 @@ def build_spec() -> dict[str, Any]:
         plugins=[plugin],
         info={"description": "Rybbit-compatible server-side event tracking API"},
     )
-    for field_class, openapi_type in [(ZString, "string"), (ZNumber, "number"), (Moment, "string")]:
+    for field_class, openapi_type in [
+        (ZString, "string"),
+        (ZNumber, "number"),
+        (Moment, "string"),
+        (ClientTime, "string"),
+    ]:
         plugin.map_to_openapi_type(field_class, openapi_type, None)
     for field_class, fmt in [
         (IpAddress, "ip"),
@@ -203,6 +231,7 @@ def build_spec() -> dict[str, Any]:
         ApiKeyList,
         SiteDeleted,
         PluginList,
+        BatchResult,
         EventsPage,
     ):
         spec.components.schema(schema.__name__, schema=schema)
@@ -223,6 +252,34 @@ def build_spec() -> dict[str, Any]:
     }
     spec.path(path="/api/track", operations={"post": track})
     spec.path(path="/track", operations={"post": {**track, "summary": "Alias of /api/track"}})
+    events = {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/TrackEventSchema"},
+        "minItems": 1,
+        "maxItems": 500,
+    }
+    wrapped = {
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": events},
+        "additionalProperties": False,
+    }
+    spec.path(
+        path="/api/track/batch",
+        operations={
+            "post": {
+                "summary": "Track up to 500 events; per-item results",
+                "tags": ["tracking"],
+                "requestBody": _json_body({"oneOf": [events, wrapped]}),
+                "responses": {
+                    "200": _reply("Per-item outcomes; valid items are stored", "BatchResult"),
+                    "400": _INVALID,
+                    "413": _reply("Payload too large", "Error"),
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+    )
     spec.path(
         path="/api/openapi.json",
         operations={

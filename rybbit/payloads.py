@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from flask import current_app, request
+from flask import request
 from marshmallow import Schema, ValidationError
 
 from .errors import ApiError, InvalidPayload
@@ -18,21 +18,30 @@ def _is_json_mimetype(mimetype: str) -> bool:
     )
 
 
-def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or an InvalidPayload saying what is wrong with it."""
+def read_json() -> Any:
+    """The request body parsed as JSON, or an InvalidPayload saying what is wrong with it.
+
+    The size cap is the request's ``max_content_length`` (``MAX_CONTENT_LENGTH`` unless a
+    route raised it), applied before parsing and again to a gzip body's inflated size.
+    """
     if not _is_json_mimetype(request.mimetype):
         raise InvalidPayload(form_errors=["Content-Type must be application/json"])
-    raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 before any parsing
+    raw = request.get_data(cache=False)  # over the cap: 413 before any parsing
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding == "gzip":
-        raw = gunzip(raw, limit=int(current_app.config["MAX_CONTENT_LENGTH"]))
+        raw = gunzip(raw, limit=int(request.max_content_length or 0))
     elif encoding not in ("", "identity"):
         raise ApiError(415, "Unsupported Content-Encoding: use gzip or none")
     try:
-        body = loads_strict(raw)
+        return loads_strict(raw)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidPayload(form_errors=[f"Malformed JSON: {reason}"]) from None
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or an InvalidPayload saying what is wrong with it."""
+    body = read_json()
     if not isinstance(body, dict):
         raise InvalidPayload(form_errors=[f"Expected object, received {js_type(body)}"])
     return body

@@ -24,11 +24,29 @@ from .extensions import limiter
 log = logging.getLogger(__name__)
 
 OFF = "off"
+# One budget per API key, shared by /api/track, /track and each event of a batch.
+LIMIT_SCOPE = "track"
 
 
 def current_limit() -> str:
     """The configured per-key limit, for the decorator (read per request)."""
     return str(current_app.config["RATE_LIMIT"])
+
+
+def spend(key_id: str) -> bool:
+    """Take one request from ``key_id``'s budget by hand (a batch); False when it is spent.
+    Uses the same storage, strategy and counter as the decorated routes."""
+    if not current_app.config["RATELIMIT_ENABLED"]:
+        return True
+    try:
+        return bool(limiter.limiter.hit(parse(current_limit()), key_id, LIMIT_SCOPE))
+    except Exception:
+        log.exception("rate limit storage failed; letting the event through")
+        return True
+
+
+def limit_message() -> str:
+    return f"Rate limit exceeded. Maximum {describe(current_limit())} per API key."
 
 
 def describe(limit_text: str) -> str:
@@ -40,8 +58,7 @@ def describe(limit_text: str) -> str:
 
 
 def _rate_limited(exc: RateLimitExceeded) -> Response:
-    message = f"Rate limit exceeded. Maximum {describe(current_limit())} per API key."
-    return error_response(429, message)
+    return error_response(429, limit_message())
 
 
 def _standard_headers(response: Response) -> Response:

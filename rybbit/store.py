@@ -112,6 +112,26 @@ class Store:
         with self._lock, translate_errors():
             yield
 
+    def insert_events(self, events: list[dict[str, Any]]) -> None:
+        """Store events; one whose ``_id`` exists (a repeated ``event_id``) is skipped, as
+        already stored. Any other failure raises, and the caller must not acknowledge."""
+        if not events:
+            return
+        if self.embedded:
+            # montydb's insert_many stops at the first duplicate; one by one never does.
+            for event in events:
+                try:
+                    with self.op():
+                        self.events.insert_one(event)
+                except DuplicateKey:
+                    pass
+            return
+        try:
+            with self._lock, translate_errors():
+                self.events.insert_many(events, ordered=False)
+        except DuplicateKey:
+            pass  # only duplicates failed (translate_errors checks); the rest are stored
+
     def ensure_indexes(self) -> None:
         """Create the indexes the read paths need; montydb has none and skips this."""
         if self.embedded:

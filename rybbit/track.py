@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
@@ -12,9 +14,9 @@ from .events import build_event, now_ms
 from .extensions import cors, limiter
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
-from .ratelimit import current_limit
+from .ratelimit import LIMIT_SCOPE, current_limit
 from .schemas import TrackEventSchema
-from .store import DuplicateKey, get_store
+from .store import Store, get_store
 
 bp = Blueprint("track", __name__)
 
@@ -22,33 +24,25 @@ _schema = TrackEventSchema()
 USAGE_KEY = "rybbit.key_usage"
 
 
-@bp.before_request
-def _validate_and_authenticate() -> None:
-    """Reject bad requests before the rate limit is checked, so they spend no key's budget."""
-    if request.method == "OPTIONS":
-        return  # a CORS preflight carries no event
-    payload = load(_schema, read_json_object())
-    store = get_store()
+def authenticate(store: Store, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The site and the key document for a validated payload; 404 or 403 ApiError otherwise."""
     site = sites.find_site(store, payload["site_id"])
     if site is None:
         raise ApiError(404, "Site not found")
-    g.api_key = keys.authenticate(store, payload["site_id"], payload["api_key"])
-    g.payload, g.site = payload, site
+    return site, keys.authenticate(store, payload["site_id"], payload["api_key"])
 
 
-@bp.post("/api/track")
-@bp.post("/track")
-@limiter.limit(current_limit)
-def track() -> ResponseReturnValue:
-    payload, site, key = g.payload, g.site, g.api_key
-    store = get_store()
+def prepare_event(
+    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The document to store for an authenticated payload, or None and the reason the site's
+    settings filter it out ("Event not tracked - ...")."""
     received_at = now_ms()
-
     # A body IP is trusted because the request carries a valid API key (server-side tracking).
     client_ip = payload.get("ip_address") or request.remote_addr
     settings = sites.settings_of(site)
     if site_rules.ip_excluded(client_ip, settings["excluded_ips"]):
-        return jsonify(success=True, message="Event not tracked - IP excluded")
+        return None, "Event not tracked - IP excluded"
 
     event = build_event(payload, key_id=key["_id"], received_at=received_at)
     site_rules.pseudonymise(site, event)
@@ -64,14 +58,31 @@ def track() -> ResponseReturnValue:
 
     reason = site_rules.exclusion_reason(settings, event)
     if reason is not None:
-        return jsonify(success=True, message=f"Event not tracked - {reason}")
+        return None, f"Event not tracked - {reason}"
     site_rules.apply_ip_policy(settings, event, client_ip)
-    try:
-        with store.op():
-            store.events.insert_one(event)
-    except DuplicateKey:
-        pass  # a retry of an event_id that is stored already: acknowledge it again
-    usage_recorder(current_app).touch(store, key["_id"], received_at)
+    return event, None
+
+
+@bp.before_request
+def _validate_and_authenticate() -> None:
+    """Reject bad requests before the rate limit is checked, so they spend no key's budget."""
+    if request.method == "OPTIONS":
+        return  # a CORS preflight carries no event
+    payload = load(_schema, read_json_object())
+    g.site, g.api_key = authenticate(get_store(), payload)
+    g.payload = payload
+
+
+@bp.post("/api/track")
+@bp.post("/track")
+@limiter.shared_limit(current_limit, scope=LIMIT_SCOPE)
+def track() -> ResponseReturnValue:
+    store = get_store()
+    event, message = prepare_event(store, g.payload, g.site, g.api_key)
+    if event is None:
+        return jsonify(success=True, message=message)
+    store.insert_events([event])  # a repeated event_id is acknowledged again, not re-stored
+    usage_recorder(current_app).touch(store, g.api_key["_id"], event["received_at"])
     return jsonify(success=True)
 
 
@@ -90,4 +101,11 @@ def init_app(app: Flask) -> None:
         "allow_headers": ["Content-Type", "Content-Encoding"],
         "max_age": 86400,
     }
-    cors.init_app(app, resources={r"/api/track": cors_policy, r"/track": cors_policy})
+    cors.init_app(
+        app,
+        resources={
+            r"/api/track": cors_policy,
+            r"/api/track/batch": cors_policy,
+            r"/track": cors_policy,
+        },
+    )

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin, batch, cli, errors, openapi, plugin_loader, ratelimit, store, track
+from . import admin, batch, cli, errors, health, openapi, plugin_loader, ratelimit, store, track
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 
@@ -35,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     ratelimit.init_app(app)
     track.init_app(app)
     app.register_blueprint(batch.bp)
+    health.init_app(app)
     admin.init_app(app)
     openapi.init_app(app)
     cli.init_app(app)

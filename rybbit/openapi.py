@@ -280,6 +280,23 @@ def build_spec() -> dict[str, Any]:
             }
         },
     )
+    for path, summary in (
+        ("/healthz", "The process answers"),
+        ("/readyz", "Store reachable, plugins loaded, geo working or disabled"),
+    ):
+        spec.path(
+            path=path,
+            operations={
+                "get": {
+                    "summary": summary,
+                    "tags": ["meta"],
+                    "responses": {
+                        "200": _reply("OK", {"type": "object"}),
+                        "503": _reply("Not ready; `checks` says why", {"type": "object"}),
+                    },
+                }
+            },
+        )
     spec.path(
         path="/api/openapi.json",
         operations={

@@ -12,41 +12,55 @@ results are cached per user-agent string, so repeats cost a dictionary lookup.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
+import re2
 import ua_parser
 import user_agents.parsers as ua_parsers
 
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
 
 DEVICE_TYPES = ("Desktop", "Mobile", "Tablet", "TV", "Console", "Wearable", "Bot", "Unknown")
-# Lower-case markers, checked as substrings: one lower() and a few `in` tests cost ~1 us,
-# where case-insensitive regular expressions over the same alternatives cost ~30 us.
-_CONSOLE = ("playstation", "xbox", "nintendo")
-_TV = (
-    "smarttv",
-    "smart-tv",
-    "smart tv",
-    "googletv",
-    "android tv",
-    "androidtv",
-    "appletv",
-    "apple tv",
-    "tvos",
-    "hbbtv",
-    "bravia",
-    "roku",
-    "crkey",
-    "web0s",
-    "webos.tv",
-    "webos tv",
-    "netcast",
-    "tv safari",
-    "sonydtv",
-    "; aft",
+# Lower-case markers of device kinds that user-agents does not tell apart, in one RE2 pattern
+# with a group per kind: ~3 us per user agent, where Python's re or `in` tests take ~4-5 us.
+_KINDS = {
+    "Console": ("playstation", "xbox", "nintendo"),
+    "TV": (
+        "smarttv",
+        "smart-tv",
+        "smart tv",
+        "googletv",
+        "android tv",
+        "androidtv",
+        "appletv",
+        "apple tv",
+        "tvos",
+        "hbbtv",
+        "bravia",
+        "roku",
+        "crkey",
+        "web0s",
+        "webos.tv",
+        "webos tv",
+        "netcast",
+        "tv safari",
+        "sonydtv",
+        "; aft",
+    ),
+    "Wearable": ("watch os", "watchos", "wear os", "wearos", "apple watch", "; sm-r", " watch"),
+}
+_KIND_NAMES = tuple(_KINDS)
+_KIND_PATTERN = re2.compile(
+    "|".join("(" + "|".join(re.escape(m) for m in markers) + ")" for markers in _KINDS.values())
 )
-_WEARABLE = ("watch os", "watchos", "wear os", "wearos", "apple watch", "; sm-r", " watch")
+
+
+def _kind(ua_string: str) -> str | None:
+    """ "Console", "TV" or "Wearable" when the user agent names one, else None."""
+    found = _KIND_PATTERN.search(ua_string.lower())
+    return _KIND_NAMES[found.lastindex - 1] if found else None
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +75,11 @@ def _parser() -> ua_parser.Parser:
     return ua_parser.Parser(resolver(builtins))
 
 
+def _version(*parts: str | None) -> tuple[int | str, ...]:
+    # user-agents' parse_version, without its per-part function calls: digits become ints.
+    return tuple(int(p) if p.isdigit() else p for p in parts if p is not None)
+
+
 class FastUserAgent(ua_parsers.UserAgent):
     """user-agents' UserAgent, parsed by ua-parser 1.x's native resolver instead of its slow
     legacy path; every classification property is inherited unchanged."""
@@ -69,37 +88,28 @@ class FastUserAgent(ua_parsers.UserAgent):
         parsed = _parser()(ua_string, ua_parser.Domain.ALL)
         browser, os_, device = parsed.user_agent, parsed.os, parsed.device
         self.ua_string = ua_string
-        self.os = (
-            ua_parsers.parse_operating_system(os_.family, os_.major, os_.minor, os_.patch)
-            if os_
-            else ua_parsers.parse_operating_system("Other")
-        )
-        self.browser = (
-            ua_parsers.parse_browser(browser.family, browser.major, browser.minor, browser.patch)
-            if browser
-            else ua_parsers.parse_browser("Other")
-        )
-        self.device = (
-            ua_parsers.parse_device(device.family, device.brand, device.model)
-            if device
-            else ua_parsers.parse_device("Other", None, None)
-        )
-
-
-def _has(text: str, markers: tuple[str, ...]) -> bool:
-    return any(marker in text for marker in markers)
+        if browser:
+            version = _version(browser.major, browser.minor, browser.patch)
+            self.browser = ua_parsers.Browser(browser.family, version, ".".join(map(str, version)))
+        else:
+            self.browser = ua_parsers.Browser("Other", (), "")
+        if os_:
+            version = _version(os_.major, os_.minor, os_.patch)
+            self.os = ua_parsers.OperatingSystem(os_.family, version, ".".join(map(str, version)))
+        else:
+            self.os = ua_parsers.OperatingSystem("Other", (), "")
+        if device:
+            self.device = ua_parsers.Device(device.family, device.brand, device.model)
+        else:
+            self.device = ua_parsers.Device("Other", None, None)
 
 
 def device_type(agent: ua_parsers.UserAgent) -> str:
-    text = agent.ua_string.lower()
     if agent.is_bot:
         return "Bot"
-    if _has(text, _CONSOLE):
-        return "Console"
-    if _has(text, _TV):
-        return "TV"
-    if _has(text, _WEARABLE):
-        return "Wearable"
+    kind = _kind(agent.ua_string)
+    if kind:
+        return kind
     if agent.is_tablet:
         return "Tablet"
     if agent.is_mobile:
@@ -117,16 +127,17 @@ def device_type(agent: ua_parsers.UserAgent) -> str:
 def describe(ua_string: str) -> tuple[tuple[str, Any], ...]:
     """The stored fields for one user agent, cached: most traffic repeats a few hundred."""
     agent = FastUserAgent(ua_string)
-    fields: dict[str, Any] = {"device_type": device_type(agent)}
-    if agent.browser.family != "Other":
-        fields["browser"] = agent.browser.family
-        if agent.browser.version:
-            fields["browser_version"] = str(agent.browser.version[0])
-    if agent.os.family != "Other":
-        fields["operating_system"] = agent.os.family
-        if agent.os.version:
-            fields["operating_system_version"] = ".".join(str(v) for v in agent.os.version[:2])
-    return tuple(fields.items())
+    browser, os_ = agent.browser, agent.os
+    fields: list[tuple[str, Any]] = [("device_type", device_type(agent))]
+    if browser.family != "Other":
+        fields.append(("browser", browser.family))
+        if browser.version:
+            fields.append(("browser_version", str(browser.version[0])))
+    if os_.family != "Other":
+        fields.append(("operating_system", os_.family))
+        if os_.version:
+            fields.append(("operating_system_version", ".".join(map(str, os_.version[:2]))))
+    return tuple(fields)
 
 
 class DeviceEnricher(Enricher):

@@ -27,13 +27,14 @@ class SessionsEnricher(Enricher):
         self._next_cleanup: datetime | None = None
 
     def _clean_up(self, store: Any, now: datetime) -> None:
-        """Delete sessions idle for a day, at most hourly per process (not every server has
-        TTL indexes to do it)."""
+        """Delete ended sessions, at most once per timeout period per process. An ended
+        session is never continued, and a small collection matters: not every server has TTL
+        indexes, and the embedded store scans the collection on every read."""
         if self._next_cleanup is not None and now < self._next_cleanup:
             return
-        self._next_cleanup = now + timedelta(hours=1)
+        self._next_cleanup = now + self.timeout
         with store.op():
-            store.state("sessions").delete_many({"last_seen": {"$lt": now - timedelta(days=1)}})
+            store.state("sessions").delete_many({"last_seen": {"$lt": now - self.timeout}})
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         visitor = event.get("user_id")

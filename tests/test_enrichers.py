@@ -518,3 +518,26 @@ def test_channel(post: Any, stored_events: Any, referrer: str, query: str, expec
         assert event["referrer"] == "", "self-referrals are emptied"
     elif referrer:
         assert event["referrer"] == referrer
+
+
+def test_ended_sessions_are_deleted(app: Flask, post: Any) -> None:
+    from plugins.sessions import SessionsEnricher
+    from rybbit.plugin_loader import RUNNER_KEY
+
+    post(user_id="u-old")
+    with app.app_context():
+        store = get_store()
+        with store.op():
+            store.db["sessions"].update_many(
+                {}, {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}}
+            )
+        (sessions,) = [
+            e for e in app.extensions[RUNNER_KEY].enrichers if isinstance(e, SessionsEnricher)
+        ]
+        sessions._next_cleanup = None  # as when the next clean-up comes due
+    post(user_id="u-new")
+    with app.app_context():
+        store = get_store()
+        with store.op():
+            remaining = [doc["_id"].split(":", 1)[1] for doc in store.db["sessions"].find({})]
+    assert remaining == ["u-new"]

@@ -37,3 +37,15 @@ def post_worker_init(worker):
             worker.cfg.workers,
             worker.cfg.workers,
         )
+
+
+def worker_exit(server, worker):
+    """Write the API keys' last_used_at times this worker still holds (see UsageRecorder)."""
+    app = getattr(worker, "wsgi", None)
+    if app is None or not hasattr(app, "extensions"):
+        return  # the worker died before loading the app
+    from rybbit.store import get_store
+    from rybbit.track import usage_recorder
+
+    with app.app_context():
+        usage_recorder(app).flush(get_store(app))

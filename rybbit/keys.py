@@ -132,9 +132,9 @@ def _expired(doc: dict[str, Any], now: datetime) -> bool:
 class UsageRecorder:
     """Keeps ``last_used_at`` without a write per event: at most one write per key per interval.
 
-    Each process remembers when each key was last used and writes the latest time once the
-    interval has passed since its previous write, so the stored value lags by at most the
-    interval.
+    Each process remembers when each key was last used and writes the latest times once the
+    interval has passed since its previous write, and when the worker exits (gunicorn's
+    ``worker_exit`` hook calls :meth:`flush`).
     """
 
     def __init__(self, interval_seconds: float) -> None:
@@ -150,11 +150,15 @@ class UsageRecorder:
         """
         with self._lock:
             self._pending[key_id] = moment
-            now = time.monotonic()
-            if now - self._last_flush < self.interval:
+            if time.monotonic() - self._last_flush < self.interval:
                 return
+        self.flush(store)
+
+    def flush(self, store: Store) -> None:
+        """Write every pending use now; on failure keep them for the next try. Never raises."""
+        with self._lock:
             pending, self._pending = self._pending, {}
-            self._last_flush = now
+            self._last_flush = time.monotonic()
         try:
             for pending_id, used_at in pending.items():
                 with store.op():

@@ -46,6 +46,11 @@ def js_type(value: Any) -> str:
     return "object"
 
 
+def js_length(text: str) -> int:
+    """JavaScript's ``.length``, which zod's limits count: UTF-16 units (an emoji is two)."""
+    return len(text) if text.isascii() else len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
 def too_long(limit: int) -> str:
     return f"String must contain at most {limit} character(s)"
 
@@ -83,15 +88,17 @@ class ZString(_ZodField):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
             raise self.wrong_type(value)
-        if self.max_length is not None and len(value) > self.max_length:
-            raise ValidationError(too_long(self.max_length))
-        if self.min_length is not None and len(value) < self.min_length:
-            raise ValidationError(f"String must contain at least {self.min_length} character(s)")
+        length = len(value)
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValidationError("Invalid string: unpaired surrogate") from None
+            length = js_length(value)
+        if self.max_length is not None and length > self.max_length:
+            raise ValidationError(too_long(self.max_length))
+        if self.min_length is not None and length < self.min_length:
+            raise ValidationError(f"String must contain at least {self.min_length} character(s)")
         return value
 
 
@@ -258,7 +265,7 @@ class JSONString(ZString):
             parsed = _check_json_value(loads_strict(text))
         except (ValueError, RecursionError):
             raise ValidationError("Properties must be a valid JSON string") from None
-        return ParsedJSON(len(text), parsed)
+        return ParsedJSON(js_length(text), parsed)
 
 
 class TrackEventSchema(Schema):

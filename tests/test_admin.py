@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -550,3 +551,38 @@ def test_cursor_with_a_trailing_newline_is_400(admin: Admin) -> None:
         "GET", f"/sites/{site['site_id']}/events", query_string={"cursor": "1_" + "a" * 24 + "\n"}
     )
     assert response.status_code == 400
+
+
+def test_usage_held_back_by_the_interval_is_written_by_flush(
+    instance_path: Any, mongo_uri: str | None
+) -> None:
+    from rybbit.store import get_store
+    from rybbit.track import usage_recorder
+
+    app = create_app(
+        {
+            "MONGO_URI": mongo_uri,
+            "ADMIN_TOKEN": TOKEN,
+            "KEY_USAGE_FLUSH_SECONDS": 3600,
+            "LOAD_PLUGINS": [],
+        }
+    )
+    admin = Admin(app.test_client())
+    site = admin.site()
+    key = admin.key(site["site_id"])
+    track(app.test_client(), key)  # the first use is written at once
+    first = admin("GET", f"/sites/{site['site_id']}/api-keys").get_json()["api_keys"][0][
+        "last_used_at"
+    ]
+    time.sleep(0.01)
+    track(app.test_client(), key)  # held back: the interval has not passed
+    assert (
+        admin("GET", f"/sites/{site['site_id']}/api-keys").get_json()["api_keys"][0]["last_used_at"]
+        == first
+    )
+    with app.app_context():
+        usage_recorder(app).flush(get_store(app))
+    later = admin("GET", f"/sites/{site['site_id']}/api-keys").get_json()["api_keys"][0][
+        "last_used_at"
+    ]
+    assert later > first

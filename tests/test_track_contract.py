@@ -434,3 +434,11 @@ class TestAuthentication:
     def test_validation_comes_before_authentication(self, post: Any) -> None:
         # A bad payload is a 400 whatever the key: clients learn about their payload first.
         assert_invalid(post(api_key="rb_nope", page_title=5))
+
+
+def test_limits_count_utf16_units_as_javascript_does(post: Any) -> None:
+    # 256 emoji are 512 UTF-16 units (the page_title limit); one more unit is too long.
+    assert post(page_title="\U0001f600" * 256).status_code == 200
+    details = assert_invalid(post(page_title="\U0001f600" * 256 + "a"))
+    assert details["fieldErrors"]["page_title"] == ["String must contain at most 512 character(s)"]
+    assert post(page_title="é" * 512).status_code == 200, "one unit each, like ASCII"

@@ -98,14 +98,17 @@ class EnrichmentRunner:
         self.enrichers = order_enrichers([*self.enrichers, enricher])
 
     def run(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        timings: list[tuple[str, float]] = []
+        failed: list[str] = []
         for enricher in self.enrichers:
             started = time.perf_counter()
             try:
                 enricher.enrich(event, context)
             except Exception:
                 log.exception("enricher %s failed; event stored without it", enricher.name)
-                with self._lock:
-                    self.failures[enricher.name] += 1
-            elapsed = time.perf_counter() - started
-            with self._lock:
-                self.seconds[enricher.name] += elapsed
+                failed.append(enricher.name)
+            timings.append((enricher.name, time.perf_counter() - started))
+        with self._lock:  # once per event, not once per enricher
+            for name, elapsed in timings:
+                self.seconds[name] += elapsed
+            self.failures.update(failed)

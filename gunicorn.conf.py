@@ -4,7 +4,13 @@ Threads, not more processes, absorb the wait on store acknowledgements: each wor
 process holding one MongoDB connection pool.
 """
 
+import importlib.util
+import logging
 import os
+import shutil
+import tempfile
+
+from gunicorn.glogging import Logger
 
 bind = os.environ.get("RYBBIT_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RYBBIT_WORKERS", "2"))
@@ -15,7 +21,10 @@ timeout = 30
 # On SIGTERM, let in-flight requests finish their writes before the worker exits.
 graceful_timeout = 20
 keepalive = 5
-accesslog = "-"
+# No access log: the app logs one line per request (logger rybbit.request) with the site and
+# key prefix, and without the client's IP address, which gunicorn's line would carry. An
+# explicit --access-logfile still turns gunicorn's on.
+accesslog = None
 # gunicorn >= 25 opens a control socket at one fixed path per user; several instances on one
 # machine (tests, staging) would fight over it, and nothing here uses it.
 control_socket_disable = True
@@ -49,3 +58,63 @@ def worker_exit(server, worker):
 
     with app.app_context():
         usage_recorder(app).flush(get_store(app))
+
+
+def _logging_config():
+    """rybbit/logging_setup.py's settings, for gunicorn's own lines too. The file is loaded on
+    its own: importing the rybbit package here would load the app into the master, and workers
+    started after a reload (SIGHUP) would then keep running the old code."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rybbit", "logging_setup.py")
+    spec = importlib.util.spec_from_file_location("rybbit_logging_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.dict_config()
+    config["loggers"] = {"gunicorn.error": {"handlers": [], "propagate": True}}  # to the root's
+    return config
+
+
+class AccessLogOnlyIfAsked(Logger):
+    """gunicorn's logger, but a logconfig_dict no longer turns its access log on: without an
+    --access-logfile, each request costs no access-log work at all."""
+
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logconfig_dict = _logging_config()
+logging.captureWarnings(True)  # warnings become log lines too, not stray text on stderr
+logger_class = AccessLogOnlyIfAsked
+
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server):
+    """Give prometheus_client's multiprocess mode an empty folder before any worker starts
+    (and so before any imports prometheus_client): each worker writes its metrics there and
+    /metrics adds them all up. Without PROMETHEUS_MULTIPROC_DIR, a new temporary folder."""
+    path = os.environ.get(METRICS_DIR)
+    if not path:
+        os.environ[METRICS_DIR] = server.rybbit_metrics_temp_dir = tempfile.mkdtemp(
+            prefix="rybbit-metrics-"
+        )
+    elif server.master_pid == 0:  # not a USR2 upgrade, whose old workers still write there
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):  # a previous run's values
+                os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):
+    """Let prometheus_client drop the live values (gauges) of a worker that is gone; its
+    counters and histograms stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the temporary metrics folder made by on_starting."""
+    path = getattr(server, "rybbit_metrics_temp_dir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

@@ -3,12 +3,19 @@
 The database is ``GEOIP_DATABASE`` (default ``GeoLite2-City.mmdb`` in the instance folder), read
 with geoip2 and memory-mapped, so all gunicorn workers share its pages. Without a database the
 enricher reports itself disabled and events are stored without geo fields.
+
+Every ``GEOIP_RELOAD_SECONDS`` (checked on the next event or status report, so the hot path
+pays one clock comparison) the enricher stats the file and, when it was replaced
+(``flask geoip update`` renames a new file over it), opens the new one and swaps it in; a
+database that appears after start-up is picked up the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -46,29 +53,96 @@ def open_reader(path: str) -> geoip2.database.Reader:
 class GeoEnricher(Enricher):
     name = "geo"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reload_seconds: float = 0) -> None:
         self.path = path
         self.reader: geoip2.database.Reader | None = None
         self.problem: str | None = None
-        if not os.path.exists(path):
-            self.problem = f"disabled, no database at {path}"
-        else:
-            try:
-                self.reader = open_reader(path)
-            except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-                self.problem = f"disabled, cannot read {path}: {exc}"
-        if self.problem:
-            log.warning("geo: %s", self.problem)
+        # (device, inode, size, mtime) of the file last opened or tried; None: no file.
+        self._identity: tuple[int, int, int, int] | None = None
+        self._reload_seconds = float(reload_seconds)
+        self._reload_lock = threading.Lock()
+        self._open(self._file_identity())
+        self._next_check = (
+            time.monotonic() + self._reload_seconds if self._reload_seconds > 0 else float("inf")
+        )
 
     def status(self) -> str | None:
+        if time.monotonic() >= self._next_check:  # readiness follows a new file with no traffic
+            self._reload_if_replaced()
         return self.problem
 
-    def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
-        ip = lookup_address(context.client_ip) if context.client_ip else None
-        if self.reader is None or ip is None:
+    def _file_identity(self) -> tuple[int, int, int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+    def _reload_if_replaced(self) -> None:
+        """Open the file again if it changed since it was last opened. One thread checks; the
+        others go on with the current reader rather than wait."""
+        if not self._reload_lock.acquire(blocking=False):
             return
         try:
-            found = self.reader.city(ip)
+            now = time.monotonic()
+            if now < self._next_check:
+                return
+            self._next_check = now + self._reload_seconds
+            identity = self._file_identity()
+            if identity != self._identity:
+                self._open(identity)
+        finally:
+            self._reload_lock.release()
+
+    def _open(self, identity: tuple[int, int, int, int] | None) -> None:
+        """Open the file (stat first, so a replacement racing with the open is seen next time,
+        never missed). A file that cannot be opened leaves a working reader in place."""
+        self._identity = identity
+        if identity is None:
+            if self.reader is None:
+                self._disable(f"disabled, no database at {self.path}")
+            else:
+                log.warning("geo: %s is gone; still using the database opened before", self.path)
+            return
+        try:
+            reader = open_reader(self.path)
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            if self.reader is None:
+                self._disable(f"disabled, cannot read {self.path}: {exc}")
+            else:
+                log.warning(
+                    "geo: cannot read the new %s (%s); still using the old one", self.path, exc
+                )
+            return
+        previous = self.reader
+        # One attribute assignment: each lookup uses either the old reader or the new one. The
+        # old one is not closed: a thread may be between reading self.reader and its lookup, and
+        # a closed reader raises ValueError (the event would lose its geo fields). Once the last
+        # such lookup drops its reference the reader is freed and the old file unmapped.
+        self.reader, self.problem = reader, None
+        if previous is not None:
+            metadata = reader.metadata()
+            log.info(
+                "geo: reopened %s (%s, built %s)",
+                self.path,
+                metadata.database_type,
+                time.strftime("%Y-%m-%d", time.gmtime(metadata.build_epoch)),
+            )
+
+    def _disable(self, problem: str) -> None:
+        if problem != self.problem:
+            log.warning("geo: %s", problem)
+        self.problem = problem
+
+    def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        if time.monotonic() >= self._next_check:
+            self._reload_if_replaced()
+        reader = self.reader  # this lookup's reader, even if another thread swaps in a new one
+        ip = lookup_address(context.client_ip) if context.client_ip else None
+        if reader is None or ip is None:
+            return
+        try:
+            found = reader.city(ip)
         except (geoip2.errors.AddressNotFoundError, ValueError):
             return
         country = found.country.iso_code
@@ -93,4 +167,4 @@ def register_enrichers(register: Any, app: Any) -> None:
     path = app.config["GEOIP_DATABASE"]
     if not os.path.isabs(path):
         path = os.path.join(app.instance_path, path)
-    register(GeoEnricher(path))
+    register(GeoEnricher(path, reload_seconds=float(app.config["GEOIP_RELOAD_SECONDS"] or 0)))

@@ -9,16 +9,31 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin, batch, cli, errors, health, openapi, plugin_loader, ratelimit, store, track
+from . import (
+    admin,
+    batch,
+    cli,
+    errors,
+    health,
+    lookup_cache,
+    metrics,
+    openapi,
+    plugin_loader,
+    ratelimit,
+    request_log,
+    store,
+    track,
+)
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
+from .logging_setup import configure_logging
 
 log = logging.getLogger(__name__)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the application: config, storage, enrichment, routes, error handlers, CLI."""
-    _configure_logging()
+    configure_logging()
     app = Flask(__name__, instance_path=instance_path_from_env(), instance_relative_config=True)
     load_config(app, test_config)
     app.json = JSONProvider(app)
@@ -30,8 +45,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     store.init_app(app)
+    lookup_cache.init_app(app)
     plugin_loader.init_app(app)
     errors.init_app(app)
+    request_log.init_app(app)
+    metrics.init_app(app)
     ratelimit.init_app(app)
     track.init_app(app)
     app.register_blueprint(batch.bp)
@@ -40,13 +58,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     openapi.init_app(app)
     cli.init_app(app)
     return app
-
-
-def _configure_logging() -> None:
-    # Under gunicorn or flask the root logger has no handler; give our loggers one so warnings
-    # and tracebacks reach the server log. An application that configured logging keeps its own.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-        )

@@ -24,6 +24,7 @@ from .admin_schemas import (
 )
 from .errors import ApiError
 from .events import encode_cursor, event_to_json, iter_events, public_event, query_events
+from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import plugin_reports
 from .store import get_store
@@ -68,6 +69,15 @@ def _require_admin() -> None:
         given.strip().encode("latin-1", "replace"), token.encode("utf-8")
     ):
         raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+@bp.after_request
+def _forget_cached_documents(response: Response) -> Response:
+    """Changes take effect at once in this process; other processes see them within
+    AUTH_CACHE_SECONDS (see lookup_cache)."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        lookup_cache().clear()
+    return response
 
 
 def _site_or_404(site_id: str) -> dict[str, Any]:

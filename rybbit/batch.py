@@ -10,17 +10,19 @@ Stored items go to the store in one write; the reply comes after the store ackno
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import ratelimit
+from . import metrics, ratelimit
+from .enrichment import EnrichmentContext
 from .errors import ApiError, InvalidPayload
 from .payloads import load, read_json
+from .plugin_loader import RUNNER_KEY
 from .schemas import TrackEventSchema, js_type
 from .store import get_store
-from .track import authenticate, prepare_event, usage_recorder
+from .track import authenticate, finish_event, start_event, usage_recorder
 
 bp = Blueprint("batch", __name__)
 _schema = TrackEventSchema()
@@ -44,6 +46,17 @@ def _items(body: Any) -> list[Any]:
     return body
 
 
+class _Enriching(NamedTuple):
+    """A batch item that passed validation, authentication and the rate limit."""
+
+    index: int
+    payload: dict[str, Any]
+    site: dict[str, Any]
+    key: dict[str, Any]
+    event: dict[str, Any]
+    context: EnrichmentContext
+
+
 def _failure(index: int, exc: ApiError) -> dict[str, Any]:
     result: dict[str, Any] = {"index": index, "success": False, "error": exc.message}
     if exc.details is not None:
@@ -55,33 +68,50 @@ def _failure(index: int, exc: ApiError) -> dict[str, Any]:
 def track_batch() -> ResponseReturnValue:
     items = _items(read_json())
     store = get_store()
-    results: list[dict[str, Any]] = []
-    to_store: list[dict[str, Any]] = []
-    used_keys: dict[str, Any] = {}
+    results: list[dict[str, Any]] = [{} for _ in items]
+    to_enrich: list[_Enriching] = []
     allowed: dict[str, bool] = {}  # per key: did this batch get through its rate limit?
     for index, item in enumerate(items):
+        payload: dict[str, Any] | None = None  # what metrics can tell of an item that fails
+        site: dict[str, Any] | None = None
         try:
             if not isinstance(item, dict):
                 raise InvalidPayload(form_errors=[f"Expected object, received {js_type(item)}"])
             payload = load(_schema, item)
             site, key = authenticate(store, payload)
             if key["_id"] not in allowed:
-                allowed[key["_id"]] = ratelimit.spend(key["_id"])
+                allowed[key["_id"]] = ratelimit.spend(key["_id"], site["_id"])
             if not allowed[key["_id"]]:
                 raise ApiError(429, ratelimit.limit_message())
-            event, message = prepare_event(store, payload, site, key)
+            started = start_event(store, payload, site, key)
         except ApiError as exc:
-            results.append(_failure(index, exc))
+            results[index] = _failure(index, exc)
+            metrics.event_rejected(payload, site, exc.status)
             continue
-        outcome: dict[str, Any] = {"index": index, "success": True}
-        if event is None:
-            outcome["message"] = message
-        else:
-            to_store.append(event)
-            used_keys[key["_id"]] = event["received_at"]
-        results.append(outcome)
+        if isinstance(started, str):  # filtered out before enrichment
+            results[index] = {"index": index, "success": True, "message": started}
+            metrics.event_judged(payload, site, started)
+            continue
+        to_enrich.append(_Enriching(index, payload, site, key, *started))
 
-    store.insert_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+    # All enrichers see the whole batch, so those keeping state in the store (sessions) need
+    # one round trip for it rather than one per event.
+    current_app.extensions[RUNNER_KEY].run_many(
+        [e.event for e in to_enrich], [e.context for e in to_enrich]
+    )
+    to_store: list[dict[str, Any]] = []
+    used_keys: dict[str, Any] = {}
+    for each in to_enrich:
+        message = finish_event(each.event, each.context)
+        metrics.event_judged(each.payload, each.site, message)
+        results[each.index] = {"index": each.index, "success": True}
+        if message is not None:
+            results[each.index]["message"] = message
+        else:
+            to_store.append(each.event)
+            used_keys[each.key["_id"]] = each.event["received_at"]
+
+    store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
     for key_id, moment in used_keys.items():
         usage_recorder(current_app).touch(store, key_id, moment)
     rejected = sum(1 for r in results if not r["success"])

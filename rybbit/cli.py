@@ -1,4 +1,4 @@
-"""``flask --app app sites|keys|events ...``: set-up and export without the admin API."""
+"""``flask --app app sites|keys|events|geoip ...``: set-up and export without the admin API."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import keys, sites
+from . import geoip_update, keys, sites
 from .events import event_to_json, iter_events
 from .jsonutil import json_default
 from .store import get_store
@@ -17,6 +17,7 @@ from .store import get_store
 sites_cli = AppGroup("sites", help="Manage sites.")
 keys_cli = AppGroup("keys", help="Manage API keys.")
 events_cli = AppGroup("events", help="Read stored events.")
+geoip_cli = AppGroup("geoip", help="Manage the MaxMind City database of the geo enricher.")
 
 
 def _echo_json(obj: dict[str, Any]) -> None:
@@ -50,6 +51,40 @@ def export_events_command(site_id: str) -> None:
         click.echo(event_to_json(event))
 
 
+@geoip_cli.command("update")
+@click.option("--url", default=None, help="Download URL (a mirror); default GEOIP_DOWNLOAD_URL.")
+@click.option("--account-id", default=None, help="MaxMind account id; default MAXMIND_ACCOUNT_ID.")
+@click.option(
+    "--license-key",
+    default=None,
+    help="MaxMind licence key; default MAXMIND_LICENSE_KEY (better: command lines are visible "
+    "to other users).",
+)
+@click.option(
+    "--sha256-url", default=None, help='Checksum file URL, or "off"; default GEOIP_SHA256_URL.'
+)
+def geoip_update_command(
+    url: str | None, account_id: str | None, license_key: str | None, sha256_url: str | None
+) -> None:
+    """Download the City database and swap it in atomically; running workers reload it."""
+    settings = geoip_update.settings_from_config(
+        current_app, url=url, account_id=account_id, license_key=license_key, sha256_url=sha256_url
+    )
+    try:
+        done = geoip_update.update_database(settings)
+    except geoip_update.UpdateError as exc:
+        raise click.ClickException(f"GeoIP update failed, database unchanged: {exc}") from None
+    checked = "checksum verified" if done.sha256_verified else "no checksum to verify"
+    before = f", replacing one built {done.previous_build_date}" if done.previous_build_date else ""
+    click.echo(
+        f"installed {done.database_type} built {done.build_date} ({done.size} bytes, {checked}) "
+        f"at {done.path}{before}"
+    )
+    seconds = current_app.config["GEOIP_RELOAD_SECONDS"]
+    if seconds:
+        click.echo(f"running workers reopen it within {seconds} s")
+
+
 def init_app(app: Flask) -> None:
-    for group in (sites_cli, keys_cli, events_cli):
+    for group in (sites_cli, keys_cli, events_cli, geoip_cli):
         app.cli.add_command(group)

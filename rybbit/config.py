@@ -2,8 +2,8 @@
 
 Order, later wins: these defaults -> ``instance/config.py`` -> ``RYBBIT_*`` environment
 variables (``RYBBIT_FOO`` sets ``FOO``; values are parsed as JSON when they can be) ->
-``MONGO_URI`` and ``RATELIMIT_STORAGE_URI`` from the environment -> the mapping handed to
-``create_app`` (tests).
+``MONGO_URI``, ``RATELIMIT_STORAGE_URI``, ``MAXMIND_ACCOUNT_ID`` and ``MAXMIND_LICENSE_KEY``
+from the environment -> the mapping handed to ``create_app`` (tests).
 """
 
 import os
@@ -24,10 +24,26 @@ DEFAULTS: dict[str, Any] = {
     "EMBEDDED_STORE_DIR": "data",
     # Seconds a client is told to wait when the store is unavailable.
     "STORE_RETRY_AFTER": 2,
+    # How long each process may keep using a site or API key document it read (seconds):
+    # revocations and setting changes reach every worker within this time. 0: read each time.
+    "AUTH_CACHE_SECONDS": 5,
     # How often each process writes API keys' last_used_at (seconds); never once per event.
     "KEY_USAGE_FLUSH_SECONDS": 60,
+    # Events older than this many days (by their timestamp; fractions allowed) are removed;
+    # None keeps them forever. See docs/retention.md.
+    "EVENT_RETENTION_DAYS": None,
+    # "auto": events in a time-series collection where the server has them (MongoDB 5+);
+    # False: always a regular collection. Only decides how a new collection is created.
+    "EVENTS_TIMESERIES": "auto",
+    # Where the server cannot expire events (FerretDB, embedded store): how often each process
+    # deletes expired ones, in the background of a write.
+    "EVENT_PURGE_INTERVAL_SECONDS": 600,
     # Bearer token for /api/admin; unset disables the admin API.
     "ADMIN_TOKEN": None,
+    # GET /metrics (Prometheus): served, and requests recorded, unless false; with a token set,
+    # only to requests bearing it (Authorization: Bearer ...).
+    "METRICS_ENABLED": True,
+    "METRICS_TOKEN": None,
     # Per-API-key limit ("20 per second", "100 per minute", ...) or "off".
     "RATE_LIMIT": "20 per second",
     # Flask-Limiter: where the counts live. memory:// is per process; share them between
@@ -44,6 +60,23 @@ DEFAULTS: dict[str, Any] = {
     "PLUGIN_SETTINGS": {},
     # MaxMind City database for the geo enricher (relative to the instance folder).
     "GEOIP_DATABASE": "GeoLite2-City.mmdb",
+    # How often (seconds) each worker checks whether the database file was replaced and reopens
+    # it; 0 never checks. The check is one clock comparison per event, one stat per period.
+    "GEOIP_RELOAD_SECONDS": 60,
+    # `flask geoip update`: the MaxMind account id and licence key (text as given, also read
+    # from the unprefixed MAXMIND_ACCOUNT_ID / MAXMIND_LICENSE_KEY environment variables).
+    "MAXMIND_ACCOUNT_ID": None,
+    "MAXMIND_LICENSE_KEY": None,
+    # The edition to download, and where from: None is MaxMind's download URL for the edition;
+    # a mirror's URL serves the same tar.gz (or a bare .mmdb).
+    "GEOIP_EDITION": "GeoLite2-City",
+    "GEOIP_DOWNLOAD_URL": None,
+    # The archive's SHA-256 file: None derives MaxMind's (...?suffix=tar.gz.sha256) from a
+    # MaxMind-style URL and checks nothing for other URLs; "off" never checks.
+    "GEOIP_SHA256_URL": None,
+    # Bounds of a download: seconds to connect and between bytes; largest archive or database.
+    "GEOIP_DOWNLOAD_TIMEOUT": 60,
+    "GEOIP_DOWNLOAD_MAX_BYTES": 1024**3,
     # How many reverse proxies in front of the service set X-Forwarded-For (0: none trusted).
     "TRUSTED_PROXIES": 0,
     # A visitor's session ends after this much inactivity.
@@ -51,6 +84,8 @@ DEFAULTS: dict[str, Any] = {
     # POST /api/track/batch: most events and bytes (before and after gzip) per request.
     "BATCH_MAX_EVENTS": 500,
     "BATCH_MAX_CONTENT_LENGTH": 512 * 1024,
+    # Group commit: most events one store write takes from concurrent requests.
+    "GROUP_COMMIT_MAX_EVENTS": 5000,
     # Request bodies above this size get a 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
@@ -66,8 +101,14 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         if os.environ.get(name):
             app.config[name] = os.environ[name]
     # A secret is text as given: the JSON parsing above would turn "000123..." into a number.
-    if os.environ.get("RYBBIT_ADMIN_TOKEN"):
-        app.config["ADMIN_TOKEN"] = os.environ["RYBBIT_ADMIN_TOKEN"]
+    for name in ("ADMIN_TOKEN", "METRICS_TOKEN"):
+        if os.environ.get(f"RYBBIT_{name}"):
+            app.config[name] = os.environ[f"RYBBIT_{name}"]
+    # Likewise MaxMind's credentials, also under the unprefixed names operators know them by.
+    for name in ("MAXMIND_ACCOUNT_ID", "MAXMIND_LICENSE_KEY"):
+        for variable in (f"RYBBIT_{name}", name):
+            if os.environ.get(variable):
+                app.config[name] = os.environ[variable]
     if test_config:
         app.config.from_mapping(test_config)
 

@@ -94,10 +94,20 @@ def rotate_key(
 
 def authenticate(store: Store, site_id: str, api_key: str) -> dict[str, Any]:
     """The key document if ``api_key`` is a live key of ``site_id``; else a 403 ApiError."""
+    return check_key(find_key(store, api_key), site_id)
+
+
+def find_key(store: Store, api_key: str) -> dict[str, Any] | None:
+    """The stored document of ``api_key`` (live or not), or None."""
     if not KEY_FORMAT.fullmatch(api_key):
-        raise ApiError(403, "Invalid API key")
+        return None
     with store.op():
-        doc = store.api_keys.find_one({"key_hash": hash_key(api_key)})
+        return store.api_keys.find_one({"key_hash": hash_key(api_key)})  # type: ignore[no-any-return]
+
+
+def check_key(doc: dict[str, Any] | None, site_id: str) -> dict[str, Any]:
+    """``doc`` if it is a live key of ``site_id``; else a 403 ApiError. Expiry is judged now,
+    so a cached document still stops working the moment its grace period ends."""
     if (
         doc is None
         or doc["site_id"] != site_id

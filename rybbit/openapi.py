@@ -307,6 +307,23 @@ def build_spec() -> dict[str, Any]:
             }
         },
     )
+    spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics (see docs/operations.md); off if METRICS_ENABLED "
+                "is false, bearer token if METRICS_TOKEN is set",
+                "tags": ["meta"],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _reply("Missing or wrong metrics token", "Error"),
+                },
+            }
+        },
+    )
 
     spec.path(
         path="/api/admin/sites",

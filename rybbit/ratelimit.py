@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, g
 from flask_limiter import RateLimitExceeded
 from limits import parse
 
+from . import metrics
 from .errors import error_response
 from .extensions import limiter
 
@@ -33,16 +34,19 @@ def current_limit() -> str:
     return str(current_app.config["RATE_LIMIT"])
 
 
-def spend(key_id: str) -> bool:
-    """Take one request from ``key_id``'s budget by hand (a batch); False when it is spent.
-    Uses the same storage, strategy and counter as the decorated routes."""
+def spend(key_id: str, site_id: str) -> bool:
+    """Take one request from the budget of ``key_id``, a key of ``site_id``, by hand (a batch);
+    False when it is spent. Uses the same storage, strategy and counter as the decorated routes."""
     if not current_app.config["RATELIMIT_ENABLED"]:
         return True
     try:
-        return bool(limiter.limiter.hit(parse(current_limit()), key_id, LIMIT_SCOPE))
+        allowed = bool(limiter.limiter.hit(parse(current_limit()), key_id, LIMIT_SCOPE))
     except Exception:
         log.exception("rate limit storage failed; letting the event through")
         return True
+    if not allowed:
+        metrics.rate_limited(site_id)
+    return allowed
 
 
 def limit_message() -> str:
@@ -58,6 +62,8 @@ def describe(limit_text: str) -> str:
 
 
 def _rate_limited(exc: RateLimitExceeded) -> Response:
+    site = g.get("site")  # the decorated routes authenticate first
+    metrics.rate_limited(site["_id"] if site else "")
     return error_response(429, limit_message())
 
 

@@ -23,6 +23,11 @@ import pymongo.errors
 from flask import Flask, current_app
 from pymongo.write_concern import WriteConcern
 
+from .group_commit import GroupCommit
+from .metrics import store_write
+from .retention import Retention
+from .retention import init_app as init_retention
+
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "rybbit.store"
@@ -76,9 +81,14 @@ def translate_errors() -> Iterator[None]:
 class Store:
     """The collections the service uses, and the few operations it needs on them."""
 
-    def __init__(self, db: Any, *, embedded: bool) -> None:
+    def __init__(self, db: Any, *, embedded: bool, group_commit_max_events: int = 5000) -> None:
         self.db = db
         self.embedded = embedded
+        self.group_commit: GroupCommit[dict[str, Any], None] = GroupCommit(
+            self.insert_events, group_commit_max_events
+        )
+        # The events collection's kind and expiry (retention.py); configured by _StoreHolder.
+        self.retention = Retention()
         # montydb's SQLite engine keeps its current connection on a shared attribute, so one
         # process must not run two operations on it at once.
         self._lock: contextlib.AbstractContextManager[Any] = (
@@ -112,10 +122,19 @@ class Store:
         with self._lock, translate_errors():
             yield
 
+    def commit_events(self, events: list[dict[str, Any]]) -> None:
+        """Store events for a request, sharing one write with concurrent requests (see
+        group_commit); returns once they are acknowledged, raises as insert_events does."""
+        self.group_commit.submit(events)
+
+    @store_write  # metrics: each write's duration, and its errors
     def insert_events(self, events: list[dict[str, Any]]) -> None:
         """Store events; one whose ``_id`` exists (a repeated ``event_id``) is skipped, as
         already stored. Any other failure raises, and the caller must not acknowledge."""
         if not events:
+            return
+        if self.retention.prepare_insert(self):  # time-series: no unique _id, see retention.py
+            self.retention.insert_timeseries(self, events)
             return
         if self.embedded:
             # montydb's insert_many stops at the first duplicate; one by one never does.
@@ -134,6 +153,7 @@ class Store:
 
     def ensure_indexes(self) -> None:
         """Create the indexes the read paths need; montydb has none and skips this."""
+        self.retention.ensure(self)  # first: events may have to be created as time-series
         if self.embedded:
             return
         with self.op():
@@ -175,7 +195,7 @@ def _open_mongo(app: Flask) -> Store:
     else:
         db = client.get_default_database(default="rybbit")
     db = db.with_options(write_concern=WriteConcern(**app.config["MONGO_WRITE_CONCERN"]))
-    return Store(db, embedded=False)
+    return Store(db, embedded=False, group_commit_max_events=app.config["GROUP_COMMIT_MAX_EVENTS"])
 
 
 def _open_embedded(app: Flask) -> Store:
@@ -196,7 +216,7 @@ def _open_embedded(app: Flask) -> Store:
         for name in COLLECTIONS:
             if name not in existing:
                 db.create_collection(name)
-    return Store(db, embedded=True)
+    return Store(db, embedded=True, group_commit_max_events=app.config["GROUP_COMMIT_MAX_EVENTS"])
 
 
 class _StoreHolder:
@@ -218,6 +238,7 @@ class _StoreHolder:
                     store = _open_mongo(self.app)
                 else:
                     store = _open_embedded(self.app)
+                store.retention = Retention.for_app(self.app)
                 try:
                     store.ensure_indexes()
                 except (StoreUnavailable, pymongo.errors.PyMongoError) as exc:
@@ -231,6 +252,7 @@ class _StoreHolder:
 def init_app(app: Flask) -> None:
     """Register the lazily opened store on the app."""
     app.extensions[EXTENSION_KEY] = _StoreHolder(app)
+    init_retention(app)  # checks EVENT_RETENTION_DAYS & co.; adds `flask retention`
     target = "MongoDB" if app.config["MONGO_URI"] else "embedded store"
     log.info("storage: %s", target)
 

@@ -7,11 +7,12 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import keys, site_rules, sites
+from . import keys, metrics, request_log, site_rules, sites
 from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
 from .extensions import cors, limiter
+from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
 from .ratelimit import LIMIT_SCOPE, current_limit
@@ -25,11 +26,17 @@ USAGE_KEY = "rybbit.key_usage"
 
 
 def authenticate(store: Store, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The site and the key document for a validated payload; 404 or 403 ApiError otherwise."""
-    site = sites.find_site(store, payload["site_id"])
+    """The site and the key document for a validated payload; 404 or 403 ApiError otherwise.
+    Both come through the process's lookup cache (see lookup_cache for the staleness bound)."""
+    cache = lookup_cache()
+    site_id, api_key = payload["site_id"], payload["api_key"]
+    site = cache.get(("site", site_id), lambda: sites.find_site(store, site_id))
     if site is None:
         raise ApiError(404, "Site not found")
-    return site, keys.authenticate(store, payload["site_id"], payload["api_key"])
+    key = cache.get(("key", api_key), lambda: keys.find_key(store, api_key))
+    key = keys.check_key(key, site_id)
+    request_log.note_key(site, key)
+    return site, key
 
 
 def prepare_event(
@@ -37,13 +44,25 @@ def prepare_event(
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The document to store for an authenticated payload, or None and the reason the site's
     settings filter it out ("Event not tracked - ...")."""
+    started = start_event(store, payload, site, key)
+    if isinstance(started, str):
+        return None, started
+    event, context = started
+    current_app.extensions[RUNNER_KEY].run(event, context)
+    message = finish_event(event, context)
+    return (None, message) if message else (event, None)
+
+
+def start_event(
+    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any]
+) -> tuple[dict[str, Any], EnrichmentContext] | str:
+    """The event to enrich and its context; or, when the site's settings filter the event
+    out before enrichment, the reason ("Event not tracked - ...")."""
     received_at = now_ms()
     # A body IP is trusted because the request carries a valid API key (server-side tracking).
     client_ip = payload.get("ip_address") or request.remote_addr
-    settings = sites.settings_of(site)
-    if site_rules.ip_excluded(client_ip, settings["excluded_ips"]):
-        return None, "Event not tracked - IP excluded"
-
+    if site_rules.ip_excluded(client_ip, sites.settings_of(site)["excluded_ips"]):
+        return "Event not tracked - IP excluded"
     event = build_event(payload, key_id=key["_id"], received_at=received_at)
     site_rules.pseudonymise(site, event)
     context = EnrichmentContext(
@@ -54,13 +73,18 @@ def prepare_event(
         received_at=received_at,
         store=store,
     )
-    current_app.extensions[RUNNER_KEY].run(event, context)
+    return event, context
 
+
+def finish_event(event: dict[str, Any], context: EnrichmentContext) -> str | None:
+    """After enrichment: the reason the site's settings filter the event out (bots, countries),
+    or None once the event is ready to store (with the site's IP policy applied)."""
+    settings = sites.settings_of(context.site)
     reason = site_rules.exclusion_reason(settings, event)
     if reason is not None:
-        return None, f"Event not tracked - {reason}"
-    site_rules.apply_ip_policy(settings, event, client_ip)
-    return event, None
+        return f"Event not tracked - {reason}"
+    site_rules.apply_ip_policy(settings, event, context.client_ip)
+    return None
 
 
 @bp.before_request
@@ -69,8 +93,8 @@ def _validate_and_authenticate() -> None:
     if request.method == "OPTIONS":
         return  # a CORS preflight carries no event
     payload = load(_schema, read_json_object())
+    g.payload = payload  # set first: metrics and the request log read it on a 403 or 404 too
     g.site, g.api_key = authenticate(get_store(), payload)
-    g.payload = payload
 
 
 @bp.post("/api/track")
@@ -79,9 +103,10 @@ def _validate_and_authenticate() -> None:
 def track() -> ResponseReturnValue:
     store = get_store()
     event, message = prepare_event(store, g.payload, g.site, g.api_key)
+    metrics.event_judged(g.payload, g.site, message)
     if event is None:
         return jsonify(success=True, message=message)
-    store.insert_events([event])  # a repeated event_id is acknowledged again, not re-stored
+    store.commit_events([event])  # a repeated event_id is acknowledged again, not re-stored
     usage_recorder(current_app).touch(store, g.api_key["_id"], event["received_at"])
     return jsonify(success=True)
 

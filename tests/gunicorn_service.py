@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -27,15 +28,36 @@ class Service:
         self.base_url = base_url
         self.env = env
         self.log_path = log_path
+        self.master_pid = 0
+
+    def worker_processes(self) -> list[int]:
+        """Pids of the master's live worker processes."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.master_pid:
+                    pids.append(int(entry.name))
+        return sorted(pids)
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every complete line gunicorn and the app logged so far, parsed (each is a JSON
+        object)."""
+        complete = self.log_path.read_text().split("\n")[:-1]  # the last may be half-written
+        return [json.loads(line) for line in complete if line]
 
     def worker_pids(self, status: int) -> set[str]:
-        """Pids of the workers that answered ``status`` on /api/track, from the access log."""
-        pids = set()
-        for line in self.log_path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 4 and parts[0] == "access" and parts[2] == str(status):
-                pids.add(parts[1])
-        return pids
+        """Pids of the workers that answered ``status`` on /api/track, from the request log."""
+        return {
+            str(record["pid"])
+            for record in self.log_records()
+            if record.get("logger") == "rybbit.request"
+            and record.get("path") == "/api/track"
+            and record.get("status") == status
+        }
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         response = requests.request(
@@ -77,6 +99,7 @@ def run_service(
         **os.environ,
         "RYBBIT_INSTANCE_PATH": str(tmp_path / "instance"),
         "RYBBIT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "RYBBIT_LOG_FORMAT": "json",
         **env_overrides,
     }
     for name in ("MONGO_URI", "RATELIMIT_STORAGE_URI"):
@@ -97,8 +120,6 @@ def run_service(
             str(workers),
             "--bind",
             f"127.0.0.1:{port}",
-            "--access-logformat",
-            "access %(p)s %(s)s %(U)s",
             "wsgi:app",
         ],
         cwd=ROOT,
@@ -116,7 +137,9 @@ def run_service(
                 pytest.fail("gunicorn did not start:\n" + log_path.read_text())
             time.sleep(0.1)
         requests.post(f"{base}/api/track", json={}, timeout=5)
-        yield Service(base, env, log_path)
+        service = Service(base, env, log_path)
+        service.master_pid = proc.pid
+        yield service
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -442,6 +442,123 @@ def test_user_agent_header_is_used_without_a_body_one(
     assert last_event(stored_events)["device_type"] == "Mobile"
 
 
+# User agents that reach user-agents' rarer branches (Windows RT, Firefox OS, BlackBerry, Maemo,
+# J2ME, Googlebot-Mobile, Silk on a Mac, ...) and markers of two kinds in one string.
+EDGE_USER_AGENTS = [
+    "Mozilla/5.0 (compatible; MSIE 10.0; Windows NT 6.2; ARM; Trident/6.0; Touch)",
+    "Mozilla/5.0 (Windows RT 8.1; ARM) like Gecko",
+    "Mozilla/4.0 (compatible; MSIE 5.5; Windows 98; Win 9x 4.90)",
+    "Mozilla/4.0 (compatible; MSIE 5.0; Windows 95)",
+    "Mozilla/5.0 (X11; SunOS sun4u; rv:60.0) Gecko/20100101 Firefox/60.0",
+    "Mozilla/5.0 (Mobile; rv:26.0) Gecko/26.0 Firefox/26.0",
+    "Mozilla/5.0 (Tablet; x) Gecko/18.0 Firefox/18.0 SeaMonkey/2.0",
+    "Mozilla/5.0 (Android 14; Tablet; rv:124.0) Gecko/124.0 Firefox/124.0",
+    "Mozilla/5.0 (Android 14; Mobile; rv:124.0) Gecko/124.0 Firefox/124.0",
+    "Mozilla/5.0 (BlackBerry; U; BlackBerry 9800; en) AppleWebKit/534.1+ (KHTML, like Gecko) Version/6.0.0.141 Mobile Safari/534.1+",
+    "Mozilla/5.0 (PlayBook; U; RIM Tablet OS 2.1.0; en-US) AppleWebKit/536.2+ (KHTML, like Gecko) Version/7.2.1.0 Safari/536.2+",
+    "Mozilla/5.0 (compatible; MSIE 9.0; Windows Phone OS 7.5; Trident/5.0; IEMobile/9.0; NOKIA; Lumia 800)",
+    "Mozilla/4.0 (compatible; MSIE 6.0; Windows CE; IEMobile 7.11)",
+    "Mozilla/5.0 (SymbianOS/9.4; Series60/5.0 NokiaN97-1/12.0.024; Profile/MIDP-2.1 Configuration/CLDC-1.1; en-us) AppleWebKit/525 (KHTML, like Gecko) BrowserNG/7.1.12344",
+    "Mozilla/5.0 (MeeGo; NokiaN9) AppleWebKit/534.13 (KHTML, like Gecko) NokiaBrowser/8.5.0 Mobile Safari/534.13",
+    "Mozilla/5.0 (X11; U; Linux armv7l; en-GB; rv:1.9.2a1pre) Gecko/20090928 Firefox/3.5 Maemo Browser 1.4.1.22 RX-51 N900",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Maemo",
+    "Opera/9.80 (J2ME/MIDP; Opera Mini/9.80 (J2ME/22.478; U; en) Presto/2.5.25 Version/10.54",
+    "SomeApp/1.0 (iPhone; iOS 17.0)",
+    "SAMSUNG-SGH-E250/1.0 Profile/MIDP-2.0 Configuration/CLDC-1.1 UP.Browser/6.2.3.3.c.1.101 (GUI) MMP/2.0 (compatible; Googlebot-Mobile/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (Macintosh; U; Intel Mac OS X 10_6_3; en-us; Silk/1.1.0-80) AppleWebKit/533.16 (KHTML, like Gecko) Version/5.0 Safari/533.16 Silk-Accelerated=true",
+    "Mozilla/5.0 (Linux; U; Android 2.3.4; en-us; Kindle Fire Build/GINGERBREAD) AppleWebKit/533.1 (KHTML, like Gecko) Version/4.0 Mobile Safari/533.1",
+    "Mozilla/5.0 (X11; CrOS aarch64 15236.80.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/114.0.5735.119 Safari/537.36",
+    "Mozilla/5.0 (PlayStation Vita 3.61) AppleWebKit/537.73 (KHTML, like Gecko) Silk/3.2",
+    "Mozilla/5.0 (iPod touch; CPU iPhone OS 7_0 like Mac OS X) AppleWebKit/537.40 (KHTML, like Gecko) Version/6.0 Mobile/11A4400f Safari/8536.25",
+    "Mozilla/5.0 (Linux; Android 13; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/116.0.0.0 Mobile Safari/537.36",
+    "Roku4640X/DVP-7.70 (297.70E04154A)",
+    "atc/1.0 watchOS/5.1.3 model/Watch3,4 hwp/t8004 build/16S535 (6; dt:156)",
+    "Mozilla/5.0 (Windows NT 10.0; SMARTTV) Xbox Firefox/120.0",
+    "Mozilla/5.0 (Nintendo Switch; SmartTV) AppleWebKit/606.4 NintendoBrowser/5.1.0.20393",
+    "Mozilla/5.0 (Linux; Android 9; AFTMM; Apple Watch) Silk/102.2.1 like Chrome/102.0 Safari/537.36",
+    "curl/8.5.0",
+    "MyApp/1.0 (Windows NT 10.0)",
+    "Mozilla/4.0 (compatible; Linux 2.6.10) NetFront/3.3 Kindle/1.0 (screen 600x800)",
+    "Mozilla/5.0 (Linux; U; Android 2.2; en-us; Dell Streak Build/Donut AppleWebKit/528.5+ (KHTML, like Gecko) Version/3.1.2 Mobile Safari/525.20.1",
+    "Mozilla/4.0 (compatible; MSIE 4.01; Windows CE; PPC; 240x320)",
+    "Mozilla/4.0 (compatible; MSIE 7.0; IEMobile 7.11)",
+    "Mozilla/5.0 (CPH2487) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/101.0.1862.69 Mobile Safari/537.36",
+    "Mozilla/5.0 (CPU OS 17_0) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/118.0 Safari/604.1",
+    "Mozilla/5.0 (Windows Phone 10.0; Android 6.0.1; Microsoft; Lumia 950) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/52.0.2743.116 Mobile Safari/537.36 Edge/15.14977",
+    "Mozilla/5.0 (Mobile; ZTEOPEN; rv:18.1) Gecko/18.0 Firefox/18.1",
+    "SomeGame/1.0 J2ME",
+    "Mozilla/5.0 (Linux; iPhone; Lenovo TB-X606F) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/113.0.4751.103 Safari/537.36",
+    "Mozilla/5.0 (Linux; AGooglebot-Mobilendroid 12; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.5216.85 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0; Maemo) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/112.0.4375.71 Safari/537.36",
+]
+
+
+def _user_agents_fields(ua: str) -> dict[str, Any]:
+    """The device enricher's fields as user-agents' own UserAgent computes them, fed by the
+    same ua-parser 1.x parse, with the kind markers found by Python's re."""
+    import re
+
+    import ua_parser
+    from user_agents import parsers
+
+    from plugins.device import _KINDS
+
+    parsed = ua_parser.parse(ua)
+    agent = parsers.UserAgent.__new__(parsers.UserAgent)  # skip its legacy parse
+    agent.ua_string = ua
+    browser, os_, device = parsed.user_agent, parsed.os, parsed.device
+    agent.browser = parsers.parse_browser(
+        *(browser and (browser.family, browser.major, browser.minor, browser.patch) or ["Other"])
+    )
+    agent.os = parsers.parse_operating_system(
+        *(os_ and (os_.family, os_.major, os_.minor, os_.patch) or ["Other"])
+    )
+    agent.device = parsers.parse_device(
+        *(device and (device.family, device.brand, device.model) or ["Other", None, None])
+    )
+    markers = {marker: kind for kind, ms in _KINDS.items() for marker in ms}
+    found = re.search("|".join(map(re.escape, markers)), ua.lower())
+    if agent.is_bot:
+        device_type = "Bot"
+    elif found:
+        device_type = markers[found.group()]
+    elif agent.is_tablet:
+        device_type = "Tablet"
+    elif agent.is_mobile:
+        device_type = "Mobile"
+    elif agent.browser.family != "Other" and agent.is_pc:
+        device_type = "Desktop"
+    else:
+        device_type = "Unknown"
+    fields: dict[str, Any] = {"device_type": device_type}
+    if agent.browser.family != "Other":
+        fields["browser"] = agent.browser.family
+        if agent.browser.version:
+            fields["browser_version"] = str(agent.browser.version[0])
+    if agent.os.family != "Other":
+        fields["operating_system"] = agent.os.family
+        if agent.os.version:
+            fields["operating_system_version"] = ".".join(map(str, agent.os.version[:2]))
+    return fields
+
+
+def test_device_classification_is_user_agents_own() -> None:
+    """describe() applies user-agents' rules without building its objects: same fields on
+    the test table, the edge cases, every crawler example and a benchmark-like mix."""
+    import random
+
+    from crawleruseragents import CRAWLER_USER_AGENTS_DATA
+
+    from bench.workload import user_agents
+    from plugins.device import describe
+
+    agents = [row[0] for row in UA_TABLE] + EDGE_USER_AGENTS + user_agents(300, random.Random(3))
+    agents += [ua for entry in CRAWLER_USER_AGENTS_DATA for ua in entry.get("instances", [])]
+    mismatches = [ua for ua in agents if dict(describe(ua)) != _user_agents_fields(ua)]
+    assert not mismatches, mismatches[:5]
+    assert len(agents) > 2000
+
+
 class TestBots:
     def test_bots_are_not_stored_by_default(self, post: Any, stored_events: Any) -> None:
         response = post(

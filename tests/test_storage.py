@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 
 from rybbit import create_app, keys, sites
+from rybbit.lookup_cache import lookup_cache
 from rybbit.store import get_store
 
 
@@ -96,6 +97,7 @@ def test_revoked_or_expired_keys_are_refused(
                 {"key_hash": keys.hash_key(api_key)},
                 {"$set": {field: datetime.now(UTC) - timedelta(seconds=1)}},
             )
+        lookup_cache().clear()  # as the admin API does after a change (see test_lookup_cache)
     response = post()
     assert response.status_code == 403
     assert response.get_json() == {"success": False, "error": "Invalid API key"}

@@ -1,0 +1,228 @@
+"""Requests and events per second through gunicorn, against a bare Flask baseline.
+
+    python -m bench.throughput [--geoip PATH] [--mongo-uri URI | --embedded] [--seconds 10]
+
+In one run, on the same gunicorn settings (gunicorn.conf.py; RYBBIT_WORKERS, RYBBIT_THREADS):
+  (a) bench/bare_app.py: parse the JSON body, reply {"success": true};
+  (b) POST /api/track: the full pipeline (validation, key check, rate limit in Redis, all
+      built-in enrichers, durable write) with one realistic event per request;
+  (c) POST /api/track/batch with 100 events per request.
+Load comes from wrk on loopback (Debian package `wrk`). It prints saturation requests/s and
+latency for each, the ratio (b)/(a), p99 of (b) at half its saturation rate, events/s stored
+in (c) (counted in the store), and the RSS of each worker afterwards. The store is a fresh
+FerretDB started here unless --mongo-uri or --embedded says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import servers  # noqa: E402
+from bench.workload import events as make_events  # noqa: E402
+
+ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 - a throwaway local instance
+
+LUA = """
+local bodies = {%(bodies)s}
+local i = math.random(#bodies)
+local pause = %(delay_ms)d
+wrk.method = "POST"
+wrk.path = "%(path)s"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+if pause > 0 then
+  delay = function() return pause end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %%d, "seconds": %%.3f, "p50_ms": %%.2f, "p99_ms": %%.2f, ' ..
+    '"errors": %%d, "non_2xx": %%d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def lua_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
+
+
+def wrk(
+    url: str, path: str, bodies: list[str], seconds: int, connections: int, delay_ms: int = 0
+) -> dict[str, Any]:
+    script = LUA % {
+        "bodies": ",\n".join(lua_string(b) for b in bodies),
+        "delay_ms": delay_ms,
+        "path": path,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            handle.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    figures = json.loads(line[len("RESULT ") :])
+    figures["rps"] = figures["requests"] / figures["seconds"]
+    return figures
+
+
+def show(label: str, figures: dict[str, Any], extra: str = "") -> None:
+    print(
+        f"{label:<34} {figures['rps']:>9.0f} req/s   p50 {figures['p50_ms']:6.2f} ms   "
+        f"p99 {figures['p99_ms']:7.2f} ms   errors {figures['errors']}  non-2xx "
+        f"{figures['non_2xx']}{extra}",
+        flush=True,
+    )
+
+
+def credentials(base: str) -> tuple[str, str]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    site = requests.post(
+        f"{base}/api/admin/sites",
+        headers=headers,
+        timeout=10,
+        json={"name": "Bench", "domain": "shop.example.com"},
+    ).json()
+    key = requests.post(
+        f"{base}/api/admin/sites/{site['site_id']}/api-keys", headers=headers, timeout=10, json={}
+    ).json()
+    return str(site["site_id"]), str(key["api_key"])
+
+
+def event_bodies(site_id: str, api_key: str, count: int, seed: int) -> list[dict[str, Any]]:
+    """The workload's events as a client sends them (the API's camelCase screen fields)."""
+    bodies = []
+    for event in make_events(count, site_id, seed=seed):
+        if "screen_width" in event:
+            event["screenWidth"] = event.pop("screen_width")
+            event["screenHeight"] = event.pop("screen_height")
+        bodies.append({**event, "api_key": api_key})
+    return bodies
+
+
+def count_events(mongo_uri: str | None, instance: Path) -> int:
+    if mongo_uri:
+        client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri)
+        try:
+            return int(client.get_default_database().events.estimated_document_count())
+        finally:
+            client.close()
+    from montydb import MontyClient
+
+    return int(MontyClient(str(instance / "data"))["rybbit"].events.count_documents({}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--geoip", help="GeoLite2/GeoIP2 City database (full size)")
+    parser.add_argument("--mongo-uri", help="use this MongoDB instead of a fresh FerretDB")
+    parser.add_argument("--embedded", action="store_true", help="use the embedded store")
+    parser.add_argument("--seconds", type=int, default=10, help="per load run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections at saturation")
+    parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk (make setup installs it)")
+
+    work = Path(tempfile.mkdtemp(prefix="rybbit-bench-"))
+    with contextlib.ExitStack() as stack:
+        mongo_uri = args.mongo_uri
+        if not mongo_uri and not args.embedded:
+            mongo_uri = stack.enter_context(servers.ferretdb(work / "ferretdb")) + "/bench"
+        redis_uri = stack.enter_context(servers.redis())
+        print(
+            f"store: {mongo_uri or 'embedded'}; geoip: {args.geoip or 'none'}; "
+            f"{args.seconds} s per run, {args.connections} connections",
+            flush=True,
+        )
+
+        bare = stack.enter_context(servers.gunicorn("bench.bare_app:app", {}, work / "bare.log"))
+        sample = [json.dumps(b) for b in event_bodies("1", "rb_" + "0" * 32, 2000, seed=1)]
+        a = wrk(bare.base_url, "/api/track", sample, args.seconds, args.connections)
+        show("(a) bare Flask", a, f"   RSS/worker {bare.worker_rss_mb()} MB")
+        bare.proc.terminate()  # out of the way of (b) and (c); the stack's exit is a no-op
+        bare.proc.wait(timeout=30)
+
+        instance = work / "instance"
+        env = {
+            "RYBBIT_INSTANCE_PATH": str(instance),
+            "RYBBIT_ADMIN_TOKEN": ADMIN_TOKEN,
+            # The limiter runs as in production (shared in Redis), with room for the load.
+            "RYBBIT_RATE_LIMIT": "1000000 per second",
+            "RATELIMIT_STORAGE_URI": redis_uri,
+        }
+        if mongo_uri:
+            env["MONGO_URI"] = mongo_uri
+        if args.disable:
+            env["RYBBIT_PLUGINS_DISABLED"] = json.dumps(args.disable.split(","))
+        if args.geoip:
+            env["RYBBIT_GEOIP_DATABASE"] = str(Path(args.geoip).resolve())
+        service = stack.enter_context(servers.gunicorn("wsgi:app", env, work / "service.log"))
+        site_id, api_key = credentials(service.base_url)
+
+        singles = [json.dumps(b) for b in event_bodies(site_id, api_key, 5000, seed=2)]
+        b = wrk(service.base_url, "/api/track", singles, args.seconds, args.connections)
+        show("(b) /api/track", b)
+        print(f"    ratio (b)/(a): {b['rps'] / a['rps']:.2f}", flush=True)
+
+        # Half of (b)'s saturation rate, paced by wrk's delay() on a few connections.
+        connections = 8
+        target = b["rps"] / 2
+        paced = wrk(
+            service.base_url,
+            "/api/track",
+            singles,
+            args.seconds,
+            connections,
+            delay_ms=max(1, int(connections * 1000 / target)),
+        )
+        show(f"(b) at ~half rate ({target:.0f} req/s)", paced)
+
+        before = count_events(mongo_uri, instance)
+        batches = []
+        for n in range(100):
+            items = event_bodies(site_id, api_key, 100, seed=1000 + n)
+            batches.append(json.dumps(items))
+        c = wrk(service.base_url, "/api/track/batch", batches, args.seconds, args.connections)
+        stored = count_events(mongo_uri, instance) - before
+        show(
+            "(c) /api/track/batch, 100 events",
+            c,
+            f"\n    events stored: {stored} = {stored / c['seconds']:.0f} events/s",
+        )
+        print(f"    RSS per worker after load: {service.worker_rss_mb()} MB", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""What log lines look like: one JSON object per line, or plain text in a terminal.
+
+Every line has ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``pid`` and ``message``; fields
+given with ``extra=`` (the request line's ``method``, ``status``, ...) sit beside them, and a
+traceback goes in ``exc_info``. Lines are JSON unless stderr is a terminal;
+``RYBBIT_LOG_FORMAT=json`` or ``text`` overrides that guess. Whatever the source of a line,
+anything shaped like an API key is cut to the prefix the admin API shows.
+
+gunicorn.conf.py loads this file on its own, outside the ``rybbit`` package, so that gunicorn's
+lines look the same without importing the app into the master (new workers would then keep the
+old code after a reload). So it imports only the standard library and python-json-logger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+FORMAT_ENV = "RYBBIT_LOG_FORMAT"
+FORMATS = ("json", "text")
+
+# An API key (rybbit.keys.KEY_FORMAT) keeps its first 11 characters, its prefix.
+_API_KEY = re.compile(r"(rb_[0-9a-f]{8})[0-9a-f]{24}")
+# LogRecord attributes; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(RESERVED_ATTRS) | {"taskName", "message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """``text`` with every API key in it replaced by its prefix and ``...``."""
+    return _API_KEY.sub(r"\1...", text) if "rb_" in text else text
+
+
+class JsonFormatter(_JsonFormatter):
+    """One JSON object per record: time, level, logger, pid, message, then any extra fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ["asctime", "levelname", "name", "process", "message"],
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "process": "pid",
+            },
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class TextFormatter(logging.Formatter):
+    """For people: ``[time] [pid] [LEVEL] logger: message key=value ...`` (extra fields last)."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [
+            f"{name}={_text_value(value)}"
+            for name, value in record.__dict__.items()
+            if name not in _STANDARD_ATTRS and not name.startswith("_")
+        ]
+        if extras:
+            head, newline, rest = text.partition("\n")  # keep a traceback below the line
+            text = f"{head} {' '.join(extras)}{newline}{rest}"
+        return redact(text)
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() for c in text) else text
+
+
+def chosen_format(stream: IO[str] | None = None) -> str:
+    """``RYBBIT_LOG_FORMAT`` if set, else "text" when ``stream`` (stderr) is a terminal and
+    "json" otherwise. A value other than json or text fails start-up."""
+    value = os.environ.get(FORMAT_ENV, "").strip().lower()
+    if value in FORMATS:
+        return value
+    if value:
+        raise ValueError(f"{FORMAT_ENV} must be one of {', '.join(FORMATS)}, not {value!r}")
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return "json"
+
+
+def dict_config(log_format: str | None = None) -> dict[str, Any]:
+    """``logging.config.dictConfig`` settings: every logger's lines at INFO and above, on
+    stderr, in ``log_format`` (default: :func:`chosen_format`)."""
+    formatter = JsonFormatter if (log_format or chosen_format()) == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"rybbit": {"()": formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "rybbit",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": "INFO", "handlers": ["stderr"]},
+    }
+
+
+def configure_logging() -> None:
+    """Log as :func:`dict_config` says, unless logging is set up already: by gunicorn from
+    gunicorn.conf.py (the same settings), by an application embedding this one, by pytest."""
+    if logging.getLogger().handlers:
+        return
+    logging.config.dictConfig(dict_config())
+    logging.captureWarnings(True)  # warnings become log lines too, not stray text on stderr

@@ -1,0 +1,189 @@
+"""Group commit: concurrent requests share one store write, each answered after its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from rybbit.group_commit import GroupCommit
+from rybbit.store import StoreUnavailable, get_store
+
+
+class GatedWrites:
+    """A write function whose first call waits until the test opens the gate, so that the
+    other submitters are known to queue up behind it."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+        self.gate = threading.Event()
+        self.fail_first = fail_first
+        self.first_started = threading.Event()
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        if not self.calls:
+            self.calls.append(events)
+            self.first_started.set()
+            self.gate.wait(10)
+            if self.fail_first:
+                raise StoreUnavailable("ServerSelectionTimeoutError")
+            return
+        self.calls.append(events)
+
+
+def _submit_all(committer: GroupCommit, writes: GatedWrites, followers: int) -> list[Any]:
+    """Submit one event from a leader thread and ``followers`` more while its write waits;
+    return what each submit returned or raised, leader first."""
+    outcomes: list[Any] = [None] * (followers + 1)
+
+    def submit(index: int) -> None:
+        try:
+            committer.submit([{"n": index}])
+            outcomes[index] = "ok"
+        except Exception as exc:
+            outcomes[index] = exc
+
+    leader = threading.Thread(target=submit, args=(0,))
+    leader.start()
+    assert writes.first_started.wait(5)
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(1, followers + 1)]
+    for thread in threads:
+        thread.start()
+    # Every follower is queued (none can finish before the gate opens).
+    deadline = threading.Event()
+    for _ in range(100):
+        if len(committer._queue) == followers:
+            break
+        deadline.wait(0.02)
+    assert len(committer._queue) == followers
+    assert all(outcome is None for outcome in outcomes)
+    writes.gate.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    return outcomes
+
+
+def test_waiting_requests_share_the_next_write() -> None:
+    writes = GatedWrites()
+    committer = GroupCommit(writes, max_items=1000)
+    outcomes = _submit_all(committer, writes, followers=12)
+    assert outcomes == ["ok"] * 13
+    assert [len(call) for call in writes.calls] == [1, 12]
+    assert sorted(e["n"] for e in writes.calls[1]) == list(range(1, 13))
+    assert (committer.calls, committer.items_done) == (2, 13)
+
+
+def test_a_group_never_exceeds_max_events() -> None:
+    writes = GatedWrites()
+    committer = GroupCommit(writes, max_items=5)
+    outcomes = _submit_all(committer, writes, followers=12)
+    assert outcomes == ["ok"] * 13
+    assert [len(call) for call in writes.calls] == [1, 5, 5, 2]
+
+
+def test_a_failed_write_fails_exactly_the_requests_in_it() -> None:
+    writes = GatedWrites(fail_first=True)
+    committer = GroupCommit(writes, max_items=1000)
+    outcomes = _submit_all(committer, writes, followers=3)
+    # The leader's write failed: it gets the error; the followers' write succeeded.
+    assert isinstance(outcomes[0], StoreUnavailable)
+    assert outcomes[1:] == ["ok"] * 3
+    # The store goes on taking writes afterwards.
+    committer.submit([{"n": 99}])
+    assert writes.calls[-1] == [{"n": 99}]
+
+
+def test_every_waiter_gets_its_own_copy_of_the_error() -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def failing(events: list[dict[str, Any]]) -> None:
+        raise StoreUnavailable("AutoReconnect")
+
+    committer = GroupCommit(failing, max_items=100)
+
+    def submit() -> None:
+        barrier.wait()
+        try:
+            committer.submit([{}])
+        except StoreUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 4
+    assert len({id(e) for e in errors}) == 4
+    assert all(e.args == ("AutoReconnect",) for e in errors)
+
+
+@pytest.mark.parametrize("store_kind", ["mongo", "embedded"], indirect=True)
+def test_concurrent_requests_are_all_stored_in_fewer_writes(
+    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    app.config["RATE_LIMIT"] = "1000 per second"
+    requests = 60
+
+    def post(index: int) -> int:
+        response = app.test_client().post(
+            "/api/track",
+            json={
+                "api_key": api_key,
+                "site_id": site["site_id"],
+                "pathname": f"/{index}",
+                "event_id": f"e{index}",
+            },
+        )
+        return int(response.status_code)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(post, range(requests)))
+    assert statuses == [200] * requests
+    events = stored_events()
+    assert sorted(e["pathname"] for e in events) == sorted(f"/{i}" for i in range(requests))
+    with app.app_context():
+        assert get_store().group_commit.items_done == requests
+
+
+def test_each_submitter_gets_the_results_of_its_own_items() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    calls: list[list[int]] = []
+
+    def square(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            started.set()
+            gate.wait(10)
+        return [i * i for i in items]
+
+    committer: GroupCommit[int, int] = GroupCommit(square, max_items=100)
+    results: dict[int, Any] = {}
+
+    def submit(base: int, count: int) -> None:
+        results[base] = list(committer.submit([base + i for i in range(count)]))
+
+    first = threading.Thread(target=submit, args=(0, 1))
+    first.start()
+    assert started.wait(5)
+    others = [threading.Thread(target=submit, args=(base, 3)) for base in (10, 20, 30)]
+    for thread in others:
+        thread.start()
+    while len(committer._queue) < 3:
+        time.sleep(0.01)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert len(calls) == 2 and len(calls[1]) == 9
+    assert results == {
+        0: [0],
+        10: [100, 121, 144],
+        20: [400, 441, 484],
+        30: [900, 961, 1024],
+    }

@@ -1,0 +1,83 @@
+"""The tracking path's per-process cache of site and key documents, and its staleness bound."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from rybbit import keys, sites
+from rybbit.store import get_store
+
+TOKEN = "cache-test-admin-token-0123"
+CACHE_SECONDS = 0.5
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    return {**app_config, "AUTH_CACHE_SECONDS": CACHE_SECONDS, "ADMIN_TOKEN": TOKEN}
+
+
+def track(client: FlaskClient, site_id: str, api_key: str) -> int:
+    response = client.post("/api/track", json={"api_key": api_key, "site_id": site_id})
+    return int(response.status_code)
+
+
+def test_a_change_made_elsewhere_applies_within_the_cache_period(
+    app: Flask, client: FlaskClient, site: dict[str, Any]
+) -> None:
+    with app.app_context():
+        key = keys.create_key(get_store(), site["site_id"])
+    assert track(client, site["site_id"], key["api_key"]) == 200
+    # Revoked by another process (here: straight in the store): this one's cache holds the
+    # key document for at most CACHE_SECONDS.
+    with app.app_context():
+        keys.revoke_key(get_store(), site["site_id"], key["id"])
+    revoked_at = time.monotonic()
+    while track(client, site["site_id"], key["api_key"]) == 200:
+        assert time.monotonic() - revoked_at < CACHE_SECONDS + 0.5
+        time.sleep(0.05)
+    assert track(client, site["site_id"], key["api_key"]) == 403
+
+
+def test_new_sites_and_keys_work_at_once(app: Flask, client: FlaskClient) -> None:
+    # Misses are not cached: a failed lookup does not hide what is created right after it.
+    assert track(client, "999", "rb_" + "a" * 32) == 404
+    with app.app_context():
+        site = sites.create_site(get_store(), name="New", domain="new.example")
+        assert track(client, site["site_id"], "rb_" + "a" * 32) == 403
+        key = keys.create_key(get_store(), site["site_id"])
+    assert track(client, site["site_id"], key["api_key"]) == 200
+
+
+def test_changes_through_the_admin_api_apply_at_once_in_this_process(
+    client: FlaskClient, site: dict[str, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    key = client.post(
+        f"/api/admin/sites/{site['site_id']}/api-keys", json={}, headers=headers
+    ).get_json()
+    assert track(client, site["site_id"], key["api_key"]) == 200
+    client.delete(f"/api/admin/sites/{site['site_id']}/api-keys/{key['id']}", headers=headers)
+    assert track(client, site["site_id"], key["api_key"]) == 403
+
+
+def test_expiry_is_judged_on_each_use_even_when_cached(
+    app: Flask, client: FlaskClient, site: dict[str, Any]
+) -> None:
+    with app.app_context():
+        store = get_store()
+        old = keys.create_key(store, site["site_id"])
+        assert track(client, site["site_id"], old["api_key"]) == 200  # now cached
+        keys.rotate_key(store, site["site_id"], old["id"], grace_seconds=0.3)
+    assert track(client, site["site_id"], old["api_key"]) == 200  # within the grace period
+    time.sleep(0.35)
+    # The cached document's expires_at predates the rotation, so only a fresh read knows it;
+    # either way the key must stop working once CACHE_SECONDS have passed.
+    deadline = time.monotonic() + CACHE_SECONDS + 0.5
+    while track(client, site["site_id"], old["api_key"]) == 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -1,0 +1,110 @@
+"""Sessions under concurrency and in batches: one session per visitor, whoever gets there first."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from rybbit import create_app
+from rybbit.store import get_store
+
+
+def _body(site: dict[str, Any], api_key: str, user: str, n: int) -> dict[str, Any]:
+    return {"api_key": api_key, "site_id": site["site_id"], "user_id": user, "pathname": f"/{n}"}
+
+
+def _sessions_by_user(events: list[dict[str, Any]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for event in events:
+        found.setdefault(event["user_id"], set()).add(event["session_id"])
+    return found
+
+
+def test_concurrent_first_events_of_a_visitor_share_one_session(
+    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    app.config["RATE_LIMIT"] = "10000 per second"
+    users = [f"user-{i}" for i in range(5)]
+    barrier = threading.Barrier(10)
+
+    def send(n: int) -> int:
+        client = app.test_client()
+        if n < 10:
+            barrier.wait(5)  # ten first events at once
+        return client.post("/api/track", json=_body(site, api_key, users[n % 5], n)).status_code
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert list(pool.map(send, range(50))) == [200] * 50
+    sessions = _sessions_by_user(stored_events())
+    assert sorted(sessions) == users
+    assert all(len(ids) == 1 for ids in sessions.values()), sessions
+    assert len({next(iter(ids)) for ids in sessions.values()}) == 5
+
+
+def test_two_processes_racing_on_a_new_visitor_agree(
+    app: Flask,
+    app_config: dict[str, Any],
+    instance_path: Path,
+    site: dict[str, Any],
+    api_key: str,
+    stored_events: Any,
+) -> None:
+    # A second app on the same store stands in for another gunicorn worker or machine: its
+    # own caches and its own grouping, sharing only the store.
+    other = create_app(app_config)
+    for each in (app, other):
+        each.config["RATE_LIMIT"] = "10000 per second"
+    barrier = threading.Barrier(2)
+
+    def send(pair: tuple[Flask, int]) -> int:
+        target, n = pair
+        barrier.wait(5)
+        body = _body(site, api_key, f"racer-{n // 2}", n)
+        return target.test_client().post("/api/track", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for round_ in range(10):
+            pairs = [(app, 2 * round_), (other, 2 * round_ + 1)]
+            assert list(pool.map(send, pairs)) == [200, 200]
+    sessions = _sessions_by_user(stored_events())
+    assert len(sessions) == 10
+    assert all(len(ids) == 1 for ids in sessions.values()), sessions
+
+
+def test_a_batch_gives_each_visitor_one_session_continued_later(
+    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    client = app.test_client()
+    items = [_body(site, api_key, f"b{n % 3}", n) for n in range(9)]
+    assert client.post("/api/track/batch", json=items).get_json()["accepted"] == 9
+    assert client.post("/api/track", json=_body(site, api_key, "b1", 99)).status_code == 200
+    sessions = _sessions_by_user(stored_events())
+    assert sorted(sessions) == ["b0", "b1", "b2"]
+    assert all(len(ids) == 1 for ids in sessions.values()), sessions
+
+
+def test_a_batch_ends_expired_sessions_and_continues_live_ones(
+    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    client = app.test_client()
+    for user in ("live", "ended"):
+        assert client.post("/api/track", json=_body(site, api_key, user, 0)).status_code == 200
+    before = {e["user_id"]: e["session_id"] for e in stored_events()}
+    with app.app_context():
+        store = get_store()
+        with store.op():
+            store.db["sessions"].update_one(
+                {"_id": f"{site['site_id']}:ended"},
+                {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}},
+            )
+    items = [_body(site, api_key, user, 1) for user in ("live", "ended", "new")]
+    assert client.post("/api/track/batch", json=items).get_json()["accepted"] == 3
+    after = {e["user_id"]: e["session_id"] for e in stored_events()[2:]}
+    assert after["live"] == before["live"]
+    assert after["ended"] != before["ended"]
+    assert after["new"] not in (before["live"], before["ended"], after["ended"])

@@ -88,7 +88,7 @@ class SessionsEnricher(Enricher):
             first[key] = min(at, first.get(key, at))
             last[key] = max(at, last.get(key, at))
         sessions = store.state("sessions")
-        known = self._read(store, sessions, list(first))
+        known = store.find_by_ids(sessions, list(first))
 
         chosen: dict[str, str] = {}
         inserts: list[dict[str, Any]] = []  # new visitors
@@ -111,20 +111,9 @@ class SessionsEnricher(Enricher):
         if self._write(store, sessions, inserts, updates):
             contested.clear()  # every conditional write took effect: our ids stand
         if contested:
-            for key, doc in self._read(store, sessions, sorted(contested)).items():
+            for key, doc in store.find_by_ids(sessions, sorted(contested)).items():
                 chosen[key] = doc["session_id"]
         return [chosen[key] for key, _ in visits]
-
-    @staticmethod
-    def _read(store: Any, sessions: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The stored sessions of ``keys``, by key."""
-        with store.op():
-            if len(keys) == 1:
-                # The common case at low load. An equality on _id is an index lookup on every
-                # server, while some MongoDB-wire servers (FerretDB 1.x) scan for an $in.
-                found = sessions.find_one({"_id": keys[0]})
-                return {keys[0]: found} if found else {}
-            return {doc["_id"]: doc for doc in sessions.find({"_id": {"$in": keys}})}
 
     @staticmethod
     def _write(

@@ -84,6 +84,7 @@ class Store:
     def __init__(self, db: Any, *, embedded: bool, group_commit_max_events: int = 5000) -> None:
         self.db = db
         self.embedded = embedded
+        self._in_scans: bool | None = None  # see _scans_for_in
         self.group_commit: GroupCommit[dict[str, Any], None] = GroupCommit(
             self.insert_events, group_commit_max_events
         )
@@ -106,6 +107,27 @@ class Store:
     @property
     def api_keys(self) -> Any:
         return self.db["api_keys"]
+
+    def find_by_ids(self, collection: Any, ids: list[Any]) -> dict[Any, dict[str, Any]]:
+        """The documents of ``collection`` with these ``_id``s, by ``_id``: one ``$in`` query,
+        or one query per id where the server would scan the collection for an ``$in``."""
+        with self.op():
+            if len(ids) == 1 or self._scans_for_in():
+                found = (collection.find_one({"_id": each}) for each in ids)
+                return {doc["_id"]: doc for doc in found if doc is not None}
+            return {doc["_id"]: doc for doc in collection.find({"_id": {"$in": ids}})}
+
+    def _scans_for_in(self) -> bool:
+        """True on FerretDB 1.x: it looks up a single _id by index but filters an ``$in``
+        by reading every document (measured: 100 ms for 10 ids among 5,000 documents, where
+        ten lookups take 7 ms). MongoDB and the embedded store answer an ``$in`` in one go."""
+        if self._in_scans is None:
+            if self.embedded:
+                self._in_scans = False
+            else:
+                info = self.db.client.admin.command("buildInfo")
+                self._in_scans = "ferretdbVersion" in info
+        return self._in_scans
 
     def state(self, name: str) -> Any:
         """A collection for derived, rebuildable state (sessions, salts): acknowledged but not

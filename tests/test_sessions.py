@@ -108,3 +108,16 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
     assert after["live"] == before["live"]
     assert after["ended"] != before["ended"]
     assert after["new"] not in (before["live"], before["ended"], after["ended"])
+
+
+def test_find_by_ids_returns_the_documents_found(app: Flask) -> None:
+    with app.app_context():
+        store = get_store()
+        sessions = store.state("sessions")
+        with store.op():
+            for key in ("a", "b", "c"):
+                sessions.insert_one({"_id": key, "n": key})
+        assert store.find_by_ids(sessions, ["a"]) == {"a": {"_id": "a", "n": "a"}}
+        found = store.find_by_ids(sessions, ["c", "missing", "a"])
+        assert found == {"a": {"_id": "a", "n": "a"}, "c": {"_id": "c", "n": "c"}}
+        assert store.find_by_ids(sessions, ["missing", "gone"]) == {}

@@ -127,7 +127,13 @@ class Gunicorn:
 def gunicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[Gunicorn]:
     """gunicorn with the project's gunicorn.conf.py serving ``app``; ready when it answers."""
     port = free_port()
-    env = {**os.environ, **env, "RYBBIT_BIND": f"127.0.0.1:{port}"}
+    # Only what the benchmark sets: settings in the caller's shell would skew the figures.
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("RYBBIT_") and name not in ("MONGO_URI", "RATELIMIT_STORAGE_URI")
+    }
+    env = {**inherited, **env, "RYBBIT_BIND": f"127.0.0.1:{port}"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],

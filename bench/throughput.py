@@ -105,7 +105,8 @@ def show(label: str, figures: dict[str, Any], extra: str = "") -> None:
     )
 
 
-def credentials(base: str) -> tuple[str, str]:
+def credentials(base: str, keys: int) -> tuple[str, list[str]]:
+    """A site and ``keys`` API keys for it."""
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     site = requests.post(
         f"{base}/api/admin/sites",
@@ -113,26 +114,26 @@ def credentials(base: str) -> tuple[str, str]:
         timeout=10,
         json={"name": "Bench", "domain": "shop.example.com"},
     ).json()
-    key = requests.post(
-        f"{base}/api/admin/sites/{site['site_id']}/api-keys", headers=headers, timeout=10, json={}
-    ).json()
-    return str(site["site_id"]), str(key["api_key"])
+    url = f"{base}/api/admin/sites/{site['site_id']}/api-keys"
+    created = [requests.post(url, headers=headers, timeout=10, json={}).json() for _ in range(keys)]
+    return str(site["site_id"]), [str(key["api_key"]) for key in created]
 
 
-def event_bodies(site_id: str, api_key: str, count: int, seed: int) -> list[dict[str, Any]]:
-    """The workload's events as a client sends them (the API's camelCase screen fields)."""
+def event_bodies(site_id: str, api_keys: list[str], count: int, seed: int) -> list[dict[str, Any]]:
+    """The workload's events as clients send them (the API's camelCase screen fields), spread
+    over the keys in turn."""
     bodies = []
-    for event in make_events(count, site_id, seed=seed):
+    for n, event in enumerate(make_events(count, site_id, seed=seed)):
         if "screen_width" in event:
             event["screenWidth"] = event.pop("screen_width")
             event["screenHeight"] = event.pop("screen_height")
-        bodies.append({**event, "api_key": api_key})
+        bodies.append({**event, "api_key": api_keys[n % len(api_keys)]})
     return bodies
 
 
 def count_events(mongo_uri: str | None, instance: Path) -> int:
     if mongo_uri:
-        client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri)
+        client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri, socketTimeoutMS=120_000)
         try:
             return int(client.get_default_database().events.estimated_document_count())
         finally:
@@ -149,6 +150,9 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true", help="use the embedded store")
     parser.add_argument("--seconds", type=int, default=10, help="per load run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at saturation")
+    parser.add_argument(
+        "--keys", type=int, default=50, help="API keys to spread the load over (20 req/s each)"
+    )
     parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -167,7 +171,7 @@ def main() -> None:
         )
 
         bare = stack.enter_context(servers.gunicorn("bench.bare_app:app", {}, work / "bare.log"))
-        sample = [json.dumps(b) for b in event_bodies("1", "rb_" + "0" * 32, 2000, seed=1)]
+        sample = [json.dumps(b) for b in event_bodies("1", ["rb_" + "0" * 32], 2000, seed=1)]
         a = wrk(bare.base_url, "/api/track", sample, args.seconds, args.connections)
         show("(a) bare Flask", a, f"   RSS/worker {bare.worker_rss_mb()} MB")
         bare.proc.terminate()  # out of the way of (b) and (c); the stack's exit is a no-op
@@ -177,8 +181,8 @@ def main() -> None:
         env = {
             "RYBBIT_INSTANCE_PATH": str(instance),
             "RYBBIT_ADMIN_TOKEN": ADMIN_TOKEN,
-            # The limiter runs as in production (shared in Redis), with room for the load.
-            "RYBBIT_RATE_LIMIT": "1000000 per second",
+            # The limiter runs as in production: the default 20 requests per second and key,
+            # counted in Redis. The load is spread over --keys keys to stay within it.
             "RATELIMIT_STORAGE_URI": redis_uri,
         }
         if mongo_uri:
@@ -188,9 +192,9 @@ def main() -> None:
         if args.geoip:
             env["RYBBIT_GEOIP_DATABASE"] = str(Path(args.geoip).resolve())
         service = stack.enter_context(servers.gunicorn("wsgi:app", env, work / "service.log"))
-        site_id, api_key = credentials(service.base_url)
+        site_id, api_keys = credentials(service.base_url, args.keys)
 
-        singles = [json.dumps(b) for b in event_bodies(site_id, api_key, 5000, seed=2)]
+        singles = [json.dumps(b) for b in event_bodies(site_id, api_keys, 5000, seed=2)]
         b = wrk(service.base_url, "/api/track", singles, args.seconds, args.connections)
         show("(b) /api/track", b)
         print(f"    ratio (b)/(a): {b['rps'] / a['rps']:.2f}", flush=True)
@@ -211,7 +215,7 @@ def main() -> None:
         before = count_events(mongo_uri, instance)
         batches = []
         for n in range(100):
-            items = event_bodies(site_id, api_key, 100, seed=1000 + n)
+            items = event_bodies(site_id, [api_keys[n % len(api_keys)]], 100, seed=1000 + n)
             batches.append(json.dumps(items))
         c = wrk(service.base_url, "/api/track/batch", batches, args.seconds, args.connections)
         stored = count_events(mongo_uri, instance) - before

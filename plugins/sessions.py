@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
 from pymongo import UpdateOne
 
 from rybbit.group_commit import GroupCommit
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
-from rybbit.store import DuplicateKey
 
 # (visitor key, time of the event)
 Visit = tuple[str, datetime]
@@ -40,6 +40,14 @@ class SessionsEnricher(Enricher):
         self._next_cleanup: datetime | None = None
         self._groups: dict[int, GroupCommit[Visit, str]] = {}
         self._groups_lock = threading.Lock()
+        # Visitors this process has seen within the timeout: key -> (session id, last seen).
+        # A session whose last event is less than the timeout old cannot have been ended or
+        # replaced by anyone (the stored last_seen is at least as recent), so these need no
+        # read: only their last_seen is written.
+        self._recent: TTLCache[str, tuple[str, datetime]] = TTLCache(
+            maxsize=200_000, ttl=timeout.total_seconds()
+        )
+        self._recent_lock = threading.Lock()
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         self.enrich_many([event], [context])
@@ -81,74 +89,83 @@ class SessionsEnricher(Enricher):
             store.state("sessions").delete_many({"last_seen": {"$lt": now - self.timeout}})
 
     def _resolve(self, store: Any, visits: list[Visit]) -> list[str]:
-        """The session id of each visit, with one read and one write for all of them."""
+        """The session id of each visit, in as few round trips as the visitors allow:
+        - seen by this process within the timeout: the session goes on; one write for all;
+        - otherwise each gets a new session, inserted unless the visitor has a record (one
+          write for all); those who have are read, and their sessions extended or, if ended,
+          replaced (one read and one write more, shared with the first group's write).
+        """
         first: dict[str, datetime] = {}
         last: dict[str, datetime] = {}
         for key, at in visits:
             first[key] = min(at, first.get(key, at))
             last[key] = max(at, last.get(key, at))
         sessions = store.state("sessions")
-        known = store.find_by_ids(sessions, list(first))
-
         chosen: dict[str, str] = {}
-        inserts: list[dict[str, Any]] = []  # new visitors
-        updates: list[Update] = []  # sessions that go on, and ended ones replaced
-        contested: set[str] = set()  # keys another worker may have changed since the read
-        for key, started in first.items():
-            doc = known.get(key)
-            if doc is not None and doc["last_seen"] >= started - self.timeout:
-                chosen[key] = doc["session_id"]  # the session goes on
-                updates.append(({"_id": key}, {"$max": {"last_seen": last[key]}}))
-                continue
+        updates: list[Update] = []
+        with self._recent_lock:
+            for key in first:
+                hint = self._recent.get(key)
+                if hint is not None and hint[1] >= first[key] - self.timeout:
+                    chosen[key] = hint[0]
+                    updates.append(({"_id": key}, {"$max": {"last_seen": last[key]}}))
+        unknown = [key for key in first if key not in chosen]
+        for key in unknown:
             chosen[key] = uuid.uuid4().hex
-            contested.add(key)
-            fresh = {"session_id": chosen[key], "started_at": started, "last_seen": last[key]}
-            if doc is None:  # a new visitor: insert, unless someone else just did
-                inserts.append({"_id": key, **fresh})
-            else:  # the last session ended: replace it, unless someone else just did
-                updates.append(({"_id": key, "session_id": doc["session_id"]}, {"$set": fresh}))
-
-        if self._write(store, sessions, inserts, updates):
-            contested.clear()  # every conditional write took effect: our ids stand
-        if contested:
-            for key, doc in store.find_by_ids(sessions, sorted(contested)).items():
+        inserted = store.insert_missing(
+            sessions,
+            [
+                {
+                    "_id": key,
+                    "session_id": chosen[key],
+                    "started_at": first[key],
+                    "last_seen": last[key],
+                }
+                for key in unknown
+            ],
+        )
+        returning = [key for key in unknown if key not in inserted]
+        known = store.find_by_ids(sessions, returning) if returning else {}
+        for key in returning:
+            doc = known.get(key)
+            if doc is None:
+                continue  # deleted as ended a moment ago: the new id stands, unstored (rare)
+            if doc["last_seen"] >= first[key] - self.timeout:  # the session goes on
                 chosen[key] = doc["session_id"]
+                updates.append(({"_id": key}, {"$max": {"last_seen": last[key]}}))
+            else:  # it ended: replace it, unless another worker just did
+                fresh = {
+                    "session_id": chosen[key],
+                    "started_at": first[key],
+                    "last_seen": last[key],
+                }
+                updates.append(({"_id": key, "session_id": doc["session_id"]}, {"$set": fresh}))
+        if not self._update(store, sessions, updates):
+            # Another worker got in between: what the store holds now is the answer.
+            contested = [query["_id"] for query, _ in updates]
+            for key, doc in store.find_by_ids(sessions, contested).items():
+                chosen[key] = doc["session_id"]
+        with self._recent_lock:
+            for key in first:
+                self._recent[key] = (chosen[key], last[key])
         return [chosen[key] for key, _ in visits]
 
     @staticmethod
-    def _write(
-        store: Any, sessions: Any, inserts: list[dict[str, Any]], updates: list[Update]
-    ) -> bool:
-        """Apply the writes; True when each took effect as planned (every insert inserted,
-        every update matched). False means another worker got in between."""
-        if not store.embedded:  # montydb has neither bulk_write nor a full insert_many
-            try:
+    def _update(store: Any, sessions: Any, updates: list[Update]) -> bool:
+        """Apply the updates; True when every one matched its document."""
+        if not updates:
+            return True
+        if store.embedded:  # montydb has no bulk_write
+            matched = 0
+            for query, update in updates:
                 with store.op():
-                    if inserts:
-                        sessions.insert_many(inserts, ordered=False)
-                    if updates:
-                        result = sessions.bulk_write(
-                            [UpdateOne(query, update) for query, update in updates],
-                            ordered=False,
-                        )
-                        return bool(result.matched_count == len(updates))
-                return True
-            except DuplicateKey:
-                # A concurrent insert of the same visitor won; the updates still need doing.
-                # Redo all one by one: each write is idempotent and reports its own outcome.
-                pass
-        planned = 0
-        for doc in inserts:
-            try:
-                with store.op():
-                    sessions.insert_one(doc)
-                planned += 1
-            except DuplicateKey:
-                continue
-        for query, update in updates:
-            with store.op():
-                planned += 1 if sessions.update_one(query, update).matched_count else 0
-        return planned == len(inserts) + len(updates)
+                    matched += sessions.update_one(query, update).matched_count
+            return matched == len(updates)
+        with store.op():
+            result = sessions.bulk_write(
+                [UpdateOne(query, update) for query, update in updates], ordered=False
+            )
+        return bool(result.matched_count == len(updates))
 
 
 @hookimpl

@@ -49,7 +49,12 @@ class StoreUnavailable(Exception):
 
 
 class DuplicateKey(Exception):
-    """A document with the same unique key exists already."""
+    """A document with the same unique key exists already. From a bulk insert, ``indexes``
+    lists the positions of the documents refused (the others were inserted)."""
+
+    def __init__(self, message: str, indexes: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.indexes = indexes
 
 
 # Errors that mean "try again later" rather than "this request is wrong".
@@ -70,8 +75,15 @@ def translate_errors() -> Iterator[None]:
     except _DUPLICATE_ERRORS as exc:
         raise DuplicateKey(str(exc)) from exc
     except pymongo.errors.BulkWriteError as exc:
-        if all(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
-            raise DuplicateKey(str(exc)) from exc
+        if exc.details.get("writeConcernErrors"):
+            # The writes may be applied but are not known to meet the write concern (a
+            # majority wait timed out, a failover): not acknowledged, so the client retries.
+            log.warning("store unavailable: write concern not met")
+            raise StoreUnavailable("WriteConcernError") from exc
+        write_errors = exc.details.get("writeErrors", [])
+        if write_errors and all(e.get("code") == 11000 for e in write_errors):
+            indexes = tuple(int(e["index"]) for e in write_errors if "index" in e)
+            raise DuplicateKey(str(exc), indexes) from exc
         raise
     except _TRANSIENT_ERRORS as exc:
         log.warning("store unavailable: %s", type(exc).__name__)
@@ -116,6 +128,28 @@ class Store:
                 found = (collection.find_one({"_id": each}) for each in ids)
                 return {doc["_id"]: doc for doc in found if doc is not None}
             return {doc["_id"]: doc for doc in collection.find({"_id": {"$in": ids}})}
+
+    def insert_missing(self, collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
+        """Insert each document whose ``_id`` is free, in one write; the ``_id``s inserted."""
+        if not docs:
+            return set()
+        if self.embedded:  # montydb's insert_many stops at the first duplicate
+            inserted = set()
+            for doc in docs:
+                try:
+                    with self.op():
+                        collection.insert_one(doc)
+                    inserted.add(doc["_id"])
+                except DuplicateKey:
+                    pass
+            return inserted
+        try:
+            with self.op():
+                collection.insert_many(docs, ordered=False)
+        except DuplicateKey as exc:
+            refused = {docs[index]["_id"] for index in exc.indexes}
+            return {doc["_id"] for doc in docs} - refused
+        return {doc["_id"] for doc in docs}
 
     def _scans_for_in(self) -> bool:
         """True on FerretDB 1.x: it looks up a single _id by index but filters an ``$in``

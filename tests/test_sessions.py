@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_a_batch_gives_each_visitor_one_session_continued_later(
 
 
 def test_a_batch_ends_expired_sessions_and_continues_live_ones(
-    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+    app: Flask, app_config: dict[str, Any], site: dict[str, Any], api_key: str, stored_events: Any
 ) -> None:
     client = app.test_client()
     for user in ("live", "ended"):
@@ -102,8 +103,10 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
                 {"_id": f"{site['site_id']}:ended"},
                 {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}},
             )
+    # Sent to another worker: this one remembers both visitors' recent events.
+    other = create_app(app_config).test_client()
     items = [_body(site, api_key, user, 1) for user in ("live", "ended", "new")]
-    assert client.post("/api/track/batch", json=items).get_json()["accepted"] == 3
+    assert other.post("/api/track/batch", json=items).get_json()["accepted"] == 3
     after = {e["user_id"]: e["session_id"] for e in stored_events()[2:]}
     assert after["live"] == before["live"]
     assert after["ended"] != before["ended"]
@@ -121,3 +124,38 @@ def test_find_by_ids_returns_the_documents_found(app: Flask) -> None:
         found = store.find_by_ids(sessions, ["c", "missing", "a"])
         assert found == {"a": {"_id": "a", "n": "a"}, "c": {"_id": "c", "n": "c"}}
         assert store.find_by_ids(sessions, ["missing", "gone"]) == {}
+
+
+def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask) -> None:
+    with app.app_context():
+        store = get_store()
+        sessions = store.state("sessions")
+        with store.op():
+            sessions.insert_one({"_id": "taken", "n": "old"})
+        docs = [{"_id": "new1", "n": 1}, {"_id": "taken", "n": 2}, {"_id": "new2", "n": 3}]
+        assert store.insert_missing(sessions, docs) == {"new1", "new2"}
+        found = store.find_by_ids(sessions, ["new1", "taken", "new2"])
+        assert {key: doc["n"] for key, doc in found.items()} == {
+            "new1": 1,
+            "taken": "old",
+            "new2": 3,
+        }
+        assert store.insert_missing(sessions, docs) == set()
+
+
+def test_a_session_ends_after_real_inactivity_in_the_same_worker(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    site: dict[str, Any],
+    api_key: str,
+    stored_events: Any,
+) -> None:
+    short = create_app({**app_config, "SESSION_TIMEOUT_SECONDS": 1})
+    client = short.test_client()
+    for n in range(2):
+        assert client.post("/api/track", json=_body(site, api_key, "idle", n)).status_code == 200
+    time.sleep(1.2)
+    assert client.post("/api/track", json=_body(site, api_key, "idle", 2)).status_code == 200
+    assert client.post("/api/track", json=_body(site, api_key, "idle", 3)).status_code == 200
+    ids = [e["session_id"] for e in stored_events()]
+    assert ids[0] == ids[1] != ids[2] == ids[3]

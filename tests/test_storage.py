@@ -11,10 +11,11 @@ from typing import Any
 import pymongo
 import pytest
 from flask import Flask
+from pymongo.errors import BulkWriteError
 
 from rybbit import create_app, keys, sites
 from rybbit.lookup_cache import lookup_cache
-from rybbit.store import get_store
+from rybbit.store import DuplicateKey, StoreUnavailable, get_store, translate_errors
 
 
 def test_stored_document_keeps_every_field(
@@ -175,3 +176,28 @@ def test_write_concern_defaults_to_journaled(mongo_server: str, instance_path: P
         concern = get_store().events.write_concern.document
         pymongo.MongoClient(mongo_server).drop_database("rybbit_test_wc")
     assert concern == {"w": 1, "j": True}
+
+
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        ({"writeErrors": [{"code": 11000, "index": 0}], "writeConcernErrors": []}, DuplicateKey),
+        # A duplicate beside an unmet write concern: the rest is not acknowledged either.
+        (
+            {
+                "writeErrors": [{"code": 11000, "index": 0}],
+                "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication"}],
+            },
+            StoreUnavailable,
+        ),
+        ({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}, StoreUnavailable),
+        ({"writeErrors": [{"code": 2, "index": 0}], "writeConcernErrors": []}, BulkWriteError),
+        ({"writeErrors": [], "writeConcernErrors": []}, BulkWriteError),
+    ],
+)
+def test_bulk_write_errors_are_told_apart(details: dict[str, Any], expected: type) -> None:
+    """Only a write whose failures are all duplicates counts as stored; an unmet write concern
+    is a 503, never a 200."""
+    with pytest.raises(expected):
+        with translate_errors():
+            raise BulkWriteError(details)

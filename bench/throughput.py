@@ -153,6 +153,12 @@ def main() -> None:
     parser.add_argument(
         "--keys", type=int, default=50, help="API keys to spread the load over (20 req/s each)"
     )
+    parser.add_argument(
+        "--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py's)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="threads per worker (default: gunicorn.conf.py's)"
+    )
     parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -165,12 +171,20 @@ def main() -> None:
             mongo_uri = stack.enter_context(servers.ferretdb(work / "ferretdb")) + "/bench"
         redis_uri = stack.enter_context(servers.redis())
         print(
+            f"workers: {args.workers or 'default'}, threads: {args.threads or 'default'}; "
             f"store: {mongo_uri or 'embedded'}; geoip: {args.geoip or 'none'}; "
             f"{args.seconds} s per run, {args.connections} connections",
             flush=True,
         )
 
-        bare = stack.enter_context(servers.gunicorn("bench.bare_app:app", {}, work / "bare.log"))
+        sizing = {}
+        if args.workers:
+            sizing["RYBBIT_WORKERS"] = str(args.workers)
+        if args.threads:
+            sizing["RYBBIT_THREADS"] = str(args.threads)
+        bare = stack.enter_context(
+            servers.gunicorn("bench.bare_app:app", sizing, work / "bare.log")
+        )
         sample = [json.dumps(b) for b in event_bodies("1", ["rb_" + "0" * 32], 2000, seed=1)]
         a = wrk(bare.base_url, "/api/track", sample, args.seconds, args.connections)
         show("(a) bare Flask", a, f"   RSS/worker {bare.worker_rss_mb()} MB")
@@ -184,6 +198,7 @@ def main() -> None:
             # The limiter runs as in production: the default 20 requests per second and key,
             # counted in Redis. The load is spread over --keys keys to stay within it.
             "RATELIMIT_STORAGE_URI": redis_uri,
+            **sizing,
         }
         if mongo_uri:
             env["MONGO_URI"] = mongo_uri
@@ -199,8 +214,9 @@ def main() -> None:
         show("(b) /api/track", b)
         print(f"    ratio (b)/(a): {b['rps'] / a['rps']:.2f}", flush=True)
 
-        # Half of (b)'s saturation rate, paced by wrk's delay() on a few connections.
-        connections = 8
+        # Half of (b)'s saturation rate: each connection pauses between requests (wrk's
+        # delay()), so the offered rate is about connections / (pause + latency).
+        connections = args.connections
         target = b["rps"] / 2
         paced = wrk(
             service.base_url,
@@ -210,7 +226,7 @@ def main() -> None:
             connections,
             delay_ms=max(1, int(connections * 1000 / target)),
         )
-        show(f"(b) at ~half rate ({target:.0f} req/s)", paced)
+        show(f"(b) paced to ~{target:.0f} req/s", paced)
 
         before = count_events(mongo_uri, instance)
         batches = []

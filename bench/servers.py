@@ -114,12 +114,19 @@ class Gunicorn:
                     pids.append(int(entry))
         return sorted(pids)
 
-    def worker_rss_mb(self) -> list[float]:
+    def worker_memory_mb(self) -> list[dict[str, float]]:
+        """Per worker: RSS, and its split into private (anonymous) memory and file-backed
+        pages (the code, and the memory-mapped GeoIP database, which workers share)."""
         sizes = []
         for pid in self.worker_pids():
+            fields = {}
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "RssAnon", "RssFile"):
+                    fields[name] = round(int(value.split()[0]) / 1024, 1)
+            sizes.append(
+                {"rss": fields["VmRSS"], "anon": fields["RssAnon"], "file": fields["RssFile"]}
+            )
         return sizes
 
 

@@ -9,7 +9,8 @@ In one run, on the same gunicorn settings (gunicorn.conf.py; RYBBIT_WORKERS, RYB
   (c) POST /api/track/batch with 100 events per request.
 Load comes from wrk on loopback (Debian package `wrk`). It prints saturation requests/s and
 latency for each, the ratio (b)/(a), p99 of (b) at half its saturation rate, events/s stored
-in (c) (counted in the store), and the RSS of each worker afterwards. The store is a fresh
+in (c) (as counted by the service once the store acknowledged them), and the RSS of each
+worker afterwards. The store is a fresh
 FerretDB started here unless --mongo-uri or --embedded says otherwise.
 """
 
@@ -25,8 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pymongo
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -131,16 +132,19 @@ def event_bodies(site_id: str, api_keys: list[str], count: int, seed: int) -> li
     return bodies
 
 
-def count_events(mongo_uri: str | None, instance: Path) -> int:
-    if mongo_uri:
-        client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri, socketTimeoutMS=120_000)
-        try:
-            return int(client.get_default_database().events.estimated_document_count())
-        finally:
-            client.close()
-    from montydb import MontyClient
-
-    return int(MontyClient(str(instance / "data"))["rybbit"].events.count_documents({}))
+def stored_events(base: str) -> int:
+    """Events the service has stored: its rybbit_events_total{outcome="accepted"}, which
+    counts an event only once the store acknowledged its write. (Counting in the store
+    itself means a full scan on FerretDB and the embedded store.)"""
+    text = requests.get(f"{base}/metrics", timeout=30).text
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "rybbit_events_total" and sample.labels["outcome"] == "accepted"
+        )
+    )
 
 
 def main() -> None:
@@ -187,7 +191,7 @@ def main() -> None:
         )
         sample = [json.dumps(b) for b in event_bodies("1", ["rb_" + "0" * 32], 2000, seed=1)]
         a = wrk(bare.base_url, "/api/track", sample, args.seconds, args.connections)
-        show("(a) bare Flask", a, f"   RSS/worker {bare.worker_rss_mb()} MB")
+        show("(a) bare Flask", a, f"   memory/worker {bare.worker_memory_mb()} MB")
         bare.proc.terminate()  # out of the way of (b) and (c); the stack's exit is a no-op
         bare.proc.wait(timeout=30)
 
@@ -228,19 +232,19 @@ def main() -> None:
         )
         show(f"(b) paced to ~{target:.0f} req/s", paced)
 
-        before = count_events(mongo_uri, instance)
+        before = stored_events(service.base_url)
         batches = []
         for n in range(100):
             items = event_bodies(site_id, [api_keys[n % len(api_keys)]], 100, seed=1000 + n)
             batches.append(json.dumps(items))
         c = wrk(service.base_url, "/api/track/batch", batches, args.seconds, args.connections)
-        stored = count_events(mongo_uri, instance) - before
+        stored = stored_events(service.base_url) - before
         show(
             "(c) /api/track/batch, 100 events",
             c,
             f"\n    events stored: {stored} = {stored / c['seconds']:.0f} events/s",
         )
-        print(f"    RSS per worker after load: {service.worker_rss_mb()} MB", flush=True)
+        print(f"    memory per worker after load: {service.worker_memory_mb()} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -6,8 +6,10 @@ The MongoDB-wire server is the one named by ``TEST_MONGO_URI``; without it, a Fe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -64,21 +66,15 @@ def wait_for_mongo(uri: str, seconds: float = 20) -> None:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URI of a running MongoDB-wire server (no database in the path)."""
-    uri = os.environ.get("TEST_MONGO_URI")
-    if uri:
-        wait_for_mongo(uri)
-        yield uri.rstrip("/")
-        return
+@contextlib.contextmanager
+def ferretdb_process(state: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A FerretDB (SQLite back end, data in ``state``) on ``port``, up and answering."""
     binary = _find_ferretdb()
     if binary is None:
         pytest.fail(
             "No MongoDB-wire server: set TEST_MONGO_URI or run `make setup` to build FerretDB"
         )
-    state = tmp_path_factory.mktemp("ferretdb")
-    port = free_port()
+    state.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
             binary,
@@ -93,13 +89,27 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    uri = f"mongodb://127.0.0.1:{port}"
     try:
-        wait_for_mongo(uri)
-        yield uri
+        wait_for_mongo(f"mongodb://127.0.0.1:{port}")
+        yield proc
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)  # a test may have frozen it
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URI of a running MongoDB-wire server (no database in the path)."""
+    uri = os.environ.get("TEST_MONGO_URI")
+    if uri:
+        wait_for_mongo(uri)
+        yield uri.rstrip("/")
+        return
+    port = free_port()
+    with ferretdb_process(tmp_path_factory.mktemp("ferretdb"), port):
+        yield f"mongodb://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 import requests
 
 from rybbit.events import idempotent_id
-from tests.conftest import _find_ferretdb, free_port, wait_for_mongo
+from tests.conftest import ferretdb_process, free_port
 from tests.gunicorn_service import Service, run_service
 
 
@@ -176,36 +174,6 @@ def test_sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_event(
     assert all(count == 1 for count in stored.values())
 
 
-@contextlib.contextmanager
-def own_ferretdb(state: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    binary = _find_ferretdb()
-    if binary is None:
-        pytest.fail("No FerretDB binary: run `make setup`")
-    state.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--handler=sqlite",
-            f"--sqlite-url=file:{state}/",
-            f"--listen-addr=127.0.0.1:{port}",
-            "--debug-addr=127.0.0.1:0",
-            "--telemetry=disable",
-            f"--state-dir={state}",
-            "--log-level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_mongo(f"mongodb://127.0.0.1:{port}")
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_a_store_outage_gives_503s_then_recovers_without_losing_events(
     tmp_path: Path, outage: str
@@ -214,7 +182,7 @@ def test_a_store_outage_gives_503s_then_recovers_without_losing_events(
     state = tmp_path / "ferretdb"
     mongo_uri = f"mongodb://127.0.0.1:{port}/outage"
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(own_ferretdb(state, port))
+        server = stack.enter_context(ferretdb_process(state, port))
         service = stack.enter_context(
             run_service(
                 tmp_path,
@@ -242,7 +210,7 @@ def test_a_store_outage_gives_503s_then_recovers_without_losing_events(
         time.sleep(0.5)
         assert load.acked_count() == acked_while_down, "nothing is acknowledged while down"
         if outage == "stopped":
-            stack.enter_context(own_ferretdb(state, port))
+            stack.enter_context(ferretdb_process(state, port))
         else:
             server.send_signal(signal.SIGCONT)
         load.join(120)

@@ -40,13 +40,16 @@ class SessionsEnricher(Enricher):
         self._next_cleanup: datetime | None = None
         self._groups: dict[int, GroupCommit[Visit, str]] = {}
         self._groups_lock = threading.Lock()
-        # Visitors this process has seen within the timeout: key -> (session id, last seen).
-        # A session whose last event is less than the timeout old cannot have been ended or
-        # replaced by anyone (the stored last_seen is at least as recent), so these need no
-        # read: only their last_seen is written.
-        self._recent: TTLCache[str, tuple[str, datetime]] = TTLCache(
+        # Visitors this process has seen within the timeout:
+        #   key -> (session id, last seen, last_seen as the store has it).
+        # A session whose stored last_seen is less than the timeout old cannot have been
+        # ended or replaced by any worker, so these need no read. Nor a write each time:
+        # last_seen is written when the stored one is write_interval behind, so the store's
+        # view of a session may end up to write_interval early.
+        self._recent: TTLCache[str, tuple[str, datetime, datetime]] = TTLCache(
             maxsize=200_000, ttl=timeout.total_seconds()
         )
+        self.write_interval = min(timedelta(seconds=60), timeout / 10)
         self._recent_lock = threading.Lock()
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
@@ -90,10 +93,12 @@ class SessionsEnricher(Enricher):
 
     def _resolve(self, store: Any, visits: list[Visit]) -> list[str]:
         """The session id of each visit, in as few round trips as the visitors allow:
-        - seen by this process within the timeout: the session goes on; one write for all;
+        - seen by this process within the timeout: the session goes on, no read; last_seen
+          is written (for all of them in one write) once the stored one is write_interval
+          behind, so another worker may see a session end up to write_interval early;
         - otherwise each gets a new session, inserted unless the visitor has a record (one
           write for all); those who have are read, and their sessions extended or, if ended,
-          replaced (one read and one write more, shared with the first group's write).
+          replaced (one read and one write more, shared with the first kind's write).
         """
         first: dict[str, datetime] = {}
         last: dict[str, datetime] = {}
@@ -102,13 +107,14 @@ class SessionsEnricher(Enricher):
             last[key] = max(at, last.get(key, at))
         sessions = store.state("sessions")
         chosen: dict[str, str] = {}
-        updates: list[Update] = []
+        stored: dict[str, datetime] = {}  # last_seen in the store once this group is done
+        extend: dict[str, datetime] = {}  # keys whose stored last_seen to raise, and to what
         with self._recent_lock:
             for key in first:
                 hint = self._recent.get(key)
-                if hint is not None and hint[1] >= first[key] - self.timeout:
-                    chosen[key] = hint[0]
-                    updates.append(({"_id": key}, {"$max": {"last_seen": last[key]}}))
+                # Judged by the stored last_seen, as every other worker judges it.
+                if hint is not None and hint[2] >= first[key] - self.timeout:
+                    chosen[key], stored[key] = hint[0], hint[2]
         unknown = [key for key in first if key not in chosen]
         for key in unknown:
             chosen[key] = uuid.uuid4().hex
@@ -124,30 +130,56 @@ class SessionsEnricher(Enricher):
                 for key in unknown
             ],
         )
+        stored.update((key, last[key]) for key in inserted)
         returning = [key for key in unknown if key not in inserted]
         known = store.find_by_ids(sessions, returning) if returning else {}
+        replace: list[Update] = []
         for key in returning:
             doc = known.get(key)
             if doc is None:
-                continue  # deleted as ended a moment ago: the new id stands, unstored (rare)
+                continue  # deleted as ended a moment ago: inserted again below
             if doc["last_seen"] >= first[key] - self.timeout:  # the session goes on
-                chosen[key] = doc["session_id"]
-                updates.append(({"_id": key}, {"$max": {"last_seen": last[key]}}))
+                chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
             else:  # it ended: replace it, unless another worker just did
                 fresh = {
                     "session_id": chosen[key],
                     "started_at": first[key],
                     "last_seen": last[key],
                 }
-                updates.append(({"_id": key, "session_id": doc["session_id"]}, {"$set": fresh}))
+                replace.append(({"_id": key, "session_id": doc["session_id"]}, {"$set": fresh}))
+                stored[key] = last[key]
+        for key, seen in stored.items():
+            if last[key] - seen >= self.write_interval:
+                extend[key] = last[key]
+                stored[key] = last[key]
+        updates = replace + [
+            ({"_id": key}, {"$max": {"last_seen": at}}) for key, at in extend.items()
+        ]
+        lost = [key for key in returning if key not in known]  # deleted as ended meanwhile
         if not self._update(store, sessions, updates):
-            # Another worker got in between: what the store holds now is the answer.
-            contested = [query["_id"] for query, _ in updates]
-            for key, doc in store.find_by_ids(sessions, contested).items():
-                chosen[key] = doc["session_id"]
+            # Another worker got in between, or a session was deleted as ended: what the store
+            # holds now is the answer.
+            mine = [key for key in first if key in extend or key in returning]
+            found = store.find_by_ids(sessions, mine)
+            for key, doc in found.items():
+                chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
+            lost = [key for key in mine if key not in found]
+        if lost:  # a visitor without a record gets ours again
+            store.insert_missing(
+                sessions,
+                [
+                    {
+                        "_id": key,
+                        "session_id": chosen[key],
+                        "started_at": first[key],
+                        "last_seen": last[key],
+                    }
+                    for key in lost
+                ],
+            )
         with self._recent_lock:
             for key in first:
-                self._recent[key] = (chosen[key], last[key])
+                self._recent[key] = (chosen[key], last[key], stored.get(key, last[key]))
         return [chosen[key] for key, _ in visits]
 
     @staticmethod

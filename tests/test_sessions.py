@@ -159,3 +159,41 @@ def test_a_session_ends_after_real_inactivity_in_the_same_worker(
     assert client.post("/api/track", json=_body(site, api_key, "idle", 3)).status_code == 200
     ids = [e["session_id"] for e in stored_events()]
     assert ids[0] == ids[1] != ids[2] == ids[3]
+
+
+def _stored_last_seen(app: Flask, site: dict[str, Any], user: str) -> datetime:
+    with app.app_context():
+        store = get_store()
+        with store.op():
+            doc = store.db["sessions"].find_one({"_id": f"{site['site_id']}:{user}"})
+    assert doc is not None
+    return doc["last_seen"]  # type: ignore[no-any-return]
+
+
+def test_last_seen_writes_are_coalesced_within_the_write_interval(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    site: dict[str, Any],
+    api_key: str,
+    stored_events: Any,
+) -> None:
+    # A 10 s timeout gives a 1 s write interval (a tenth of the timeout, at most a minute).
+    app = create_app({**app_config, "SESSION_TIMEOUT_SECONDS": 10})
+    client = app.test_client()
+
+    def send(user: str, n: int) -> None:
+        assert client.post("/api/track", json=_body(site, api_key, user, n)).status_code == 200
+
+    send("a", 0)
+    written = _stored_last_seen(app, site, "a")
+    send("a", 1)  # within the interval: no write
+    assert _stored_last_seen(app, site, "a") == written
+    held_back = max(e["received_at"] for e in stored_events() if e["user_id"] == "a")
+    assert held_back > written
+
+    time.sleep(1.1)
+    send("a", 2)  # over the interval since the stored one: written at once
+    latest = max(e["received_at"] for e in stored_events() if e["user_id"] == "a")
+    assert latest > held_back
+    assert _stored_last_seen(app, site, "a") == latest
+    assert len({e["session_id"] for e in stored_events() if e["user_id"] == "a"}) == 1

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import keys, sites
+from rybbit.enrichment import Enricher, EnrichmentContext
 from rybbit.store import get_store
 
 
@@ -155,3 +156,50 @@ def test_a_batch_spends_one_request_of_each_keys_budget(
         body["results"][0]["error"]
         == "Rate limit exceeded. Maximum 2 requests per minute per API key."
     )
+
+
+class _Batched(Enricher):
+    """An enricher that serves a whole batch in one call (or fails doing so)."""
+
+    name = "batched"
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.calls: list[int] = []
+
+    def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        self.enrich_many([event], [context])
+
+    def enrich_many(self, events: Any, contexts: Any) -> None:
+        self.calls.append(len(events))
+        if self.fail:
+            raise RuntimeError("boom")
+        for n, event in enumerate(events):
+            event["batch_position"] = n
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_batch_is_enriched_in_one_call_and_a_failing_call_spares_the_events(
+    app: Flask, client: FlaskClient, good: dict[str, Any], stored_events: Any, fail: bool
+) -> None:
+    from rybbit.plugin_loader import RUNNER_KEY
+
+    enricher = _Batched(fail)
+    runner = app.extensions[RUNNER_KEY]
+    runner.add(enricher)
+    items = [
+        {**good, "pathname": "/w"},
+        {"bad": 1},
+        {**good, "pathname": "/x"},
+        {**good, "pathname": "/y"},
+    ]
+    body = batch(client, items).get_json()
+    assert body["accepted"] == 3 and body["rejected"] == 1
+    assert enricher.calls == [3], "one call for the batch's three accepted events"
+    events = stored_events()
+    assert len(events) == 3
+    if fail:
+        assert all("batch_position" not in e for e in events)
+        assert runner.failures["batched"] == 3
+    else:
+        assert sorted(e["batch_position"] for e in events) == [0, 1, 2]

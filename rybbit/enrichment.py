@@ -2,7 +2,8 @@
 
 Every accepted event passes through the registered enrichers in a deterministic order before it
 is stored. An enricher that raises is logged, counted and skipped for that event; the event is
-still stored.
+still stored. The exception is StoreUnavailable: with the store down the event could not be
+stored either, so the request is answered 503 at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
+
+from .store_errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class EnrichmentRunner:
             started = time.perf_counter()
             try:
                 enricher.enrich(event, context)
+            except StoreUnavailable:
+                raise  # the event's own write would fail too: answer 503 now, not after it
             except Exception:
                 log.exception("enricher %s failed; event stored without it", enricher.name)
                 failed.append(enricher.name)
@@ -143,12 +148,16 @@ class EnrichmentRunner:
                 for event, context in zip(events, contexts, strict=True):
                     try:
                         enricher.enrich(event, context)
+                    except StoreUnavailable:
+                        raise
                     except Exception:
                         log.exception("enricher %s failed; event stored without it", enricher.name)
                         failed.append(enricher.name)
             else:
                 try:
                     enricher.enrich_many(events, contexts)
+                except StoreUnavailable:
+                    raise
                 except Exception:
                     log.exception("enricher %s failed; batch stored without it", enricher.name)
                     failed.extend([enricher.name] * len(events))

@@ -27,6 +27,7 @@ from .group_commit import GroupCommit
 from .metrics import store_write
 from .retention import Retention
 from .retention import init_app as init_retention
+from .store_errors import DuplicateKey, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,6 @@ _DUPLICATE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # "NotImplemented" and "CommandNotSupported": features a MongoDB-wire server lacks.
 _NOT_SUPPORTED_CODES = (115, 238)
-
-
-class StoreUnavailable(Exception):
-    """The store could not be reached or did not acknowledge in time; the client may retry."""
-
-
-class DuplicateKey(Exception):
-    """A document with the same unique key exists already. From a bulk insert, ``indexes``
-    lists the positions of the documents refused (the others were inserted)."""
-
-    def __init__(self, message: str, indexes: tuple[int, ...] = ()) -> None:
-        super().__init__(message)
-        self.indexes = indexes
 
 
 # Errors that mean "try again later" rather than "this request is wrong".

@@ -187,3 +187,20 @@ def test_each_submitter_gets_the_results_of_its_own_items() -> None:
         20: [400, 441, 484],
         30: [900, 961, 1024],
     }
+
+
+def test_an_enricher_finding_the_store_down_gets_a_503_at_once(
+    app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
+) -> None:
+    from tests.conftest import add_enricher
+
+    def down(event: dict[str, Any], context: Any) -> None:
+        raise StoreUnavailable("ServerSelectionTimeoutError")
+
+    add_enricher(app, "needs_store", down)
+    response = app.test_client().post(
+        "/api/track", json={"api_key": api_key, "site_id": site["site_id"]}
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert stored_events() == []

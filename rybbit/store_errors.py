@@ -1,0 +1,17 @@
+"""The two store outcomes callers handle, apart from the store module so that any module can
+import them without importing the store (rybbit.store re-exports them)."""
+
+from __future__ import annotations
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not acknowledge in time; the client may retry."""
+
+
+class DuplicateKey(Exception):
+    """A document with the same unique key exists already. From a bulk insert, ``indexes``
+    lists the positions of the documents refused (the others were inserted)."""
+
+    def __init__(self, message: str, indexes: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.indexes = indexes

@@ -5,10 +5,12 @@ workers and machines agree. A visitor is the event's ``user_id`` (the client's, 
 anonymous one from the identity enricher).
 
 Events are resolved in groups: the events of a batch request, and those of concurrent
-requests in one process (see rybbit.group_commit), share one read and one write, so the
-store round trips per event fall as the load rises. The write is conditional, so two workers
-that see a new or returning visitor at once still agree on one session: the loser of the race
-reads back the winner's session id.
+requests in one process (see rybbit.group_commit), share their store round trips. New visitors
+cost one insert for the whole group; visitors this process saw recently cost no read, and
+their ``last_seen`` is written only once the stored one falls a tenth of the timeout (at most
+a minute) behind; other returning visitors cost a read and a write more. Writes are
+conditional or inserts of a visitor's ``_id``, so two workers that see a new or returning
+visitor at once still agree on one session: the loser of the race reads back the winner's id.
 """
 
 from __future__ import annotations

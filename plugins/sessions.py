@@ -121,16 +121,7 @@ class SessionsEnricher(Enricher):
         for key in unknown:
             chosen[key] = uuid.uuid4().hex
         inserted = store.insert_missing(
-            sessions,
-            [
-                {
-                    "_id": key,
-                    "session_id": chosen[key],
-                    "started_at": first[key],
-                    "last_seen": last[key],
-                }
-                for key in unknown
-            ],
+            sessions, [self._record(key, chosen[key], first, last) for key in unknown]
         )
         stored.update((key, last[key]) for key in inserted)
         returning = [key for key in unknown if key not in inserted]
@@ -142,20 +133,25 @@ class SessionsEnricher(Enricher):
                 continue  # deleted as ended a moment ago: inserted again below
             if doc["last_seen"] >= first[key] - self.timeout:  # the session goes on
                 chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
-            else:  # it ended: replace it, unless another worker just did
-                fresh = {
-                    "session_id": chosen[key],
-                    "started_at": first[key],
-                    "last_seen": last[key],
+            else:  # it ended: replace it, unless another worker replaced or extended it
+                ended = {
+                    "_id": key,
+                    "session_id": doc["session_id"],
+                    "last_seen": {"$lt": first[key] - self.timeout},
                 }
-                replace.append(({"_id": key, "session_id": doc["session_id"]}, {"$set": fresh}))
+                fresh = self._record(key, chosen[key], first, last)
+                del fresh["_id"]
+                replace.append((ended, {"$set": fresh}))
                 stored[key] = last[key]
         for key, seen in stored.items():
             if last[key] - seen >= self.write_interval:
                 extend[key] = last[key]
                 stored[key] = last[key]
+        # Each write names the session it extends: one another worker replaced meanwhile
+        # does not match, and the re-read below gives this process the new id.
         updates = replace + [
-            ({"_id": key}, {"$max": {"last_seen": at}}) for key, at in extend.items()
+            ({"_id": key, "session_id": chosen[key]}, {"$max": {"last_seen": at}})
+            for key, at in extend.items()
         ]
         lost = [key for key in returning if key not in known]  # deleted as ended meanwhile
         if not self._update(store, sessions, updates):
@@ -166,23 +162,27 @@ class SessionsEnricher(Enricher):
             for key, doc in found.items():
                 chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
             lost = [key for key in mine if key not in found]
-        if lost:  # a visitor without a record gets ours again
-            store.insert_missing(
-                sessions,
-                [
-                    {
-                        "_id": key,
-                        "session_id": chosen[key],
-                        "started_at": first[key],
-                        "last_seen": last[key],
-                    }
-                    for key in lost
-                ],
-            )
+        if lost:  # a visitor without a record gets ours again, unless another worker's won
+            records = [self._record(key, chosen[key], first, last) for key in lost]
+            refused = set(lost) - store.insert_missing(sessions, records)
+            for key, doc in store.find_by_ids(sessions, sorted(refused)).items():
+                chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
         with self._recent_lock:
             for key in first:
                 self._recent[key] = (chosen[key], last[key], stored.get(key, last[key]))
         return [chosen[key] for key, _ in visits]
+
+    @staticmethod
+    def _record(
+        key: str, session_id: str, first: dict[str, datetime], last: dict[str, datetime]
+    ) -> dict[str, Any]:
+        """A visitor's document for a session that starts with this group's events."""
+        return {
+            "_id": key,
+            "session_id": session_id,
+            "started_at": first[key],
+            "last_seen": last[key],
+        }
 
     @staticmethod
     def _update(store: Any, sessions: Any, updates: list[Update]) -> bool:

@@ -80,24 +80,39 @@ class GroupCommit(Generic[Item, Result]):
             results = self._run(items)
         except BaseException as exc:  # each waiter gets it; none may stay blocked
             error = exc
+        try:
+            self._hand_out(group, results, error)
+        finally:  # whatever happened above, the next leader must be woken
+            with self._lock:
+                self.calls += 1
+                self.items_done += len(items) if error is None else 0
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._running = False
+
+    @staticmethod
+    def _hand_out(
+        group: list[_Entry], results: Sequence[Any] | None, error: BaseException | None
+    ) -> None:
+        """Give each entry its slice of the results (or the error), and wake it."""
         start = 0
         for entry in group:
             end = start + len(entry.items)
-            entry.error = error
-            if results is not None:
-                entry.results = results[start:end]
-            start = end
-            entry.finished = True
-            entry.wake.set()
-        with self._lock:
-            self.calls += 1
-            self.items_done += len(items) if error is None else 0
-            if self._queue:
-                successor = self._queue[0]
-                successor.lead = True
-                successor.wake.set()
-            else:
-                self._running = False
+            try:
+                entry.error = error
+                if results is not None:
+                    entry.results = results[start:end]
+                    if len(entry.results) != len(entry.items):
+                        raise ValueError("a grouped call returned too few results")
+            except Exception as exc:  # a broken result must not leave a waiter blocked
+                entry.error = exc
+            finally:
+                start = end
+                entry.finished = True
+                entry.wake.set()
 
     def _take(self) -> list[_Entry]:
         """The oldest queued entries, up to ``max_items`` items (always at least one entry)."""

@@ -204,3 +204,15 @@ def test_an_enricher_finding_the_store_down_gets_a_503_at_once(
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert stored_events() == []
+
+
+def test_a_call_returning_too_few_results_fails_its_submitters_without_blocking_others() -> None:
+    def short(items: list[int]) -> list[int]:
+        return items[:-1]  # one result missing
+
+    committer: GroupCommit[int, int] = GroupCommit(short, max_items=10)
+    with pytest.raises(ValueError):
+        committer.submit([1, 2])
+    # The committer still works for the next caller (no one is left waiting for a leader).
+    committer._run = lambda items: list(items)  # type: ignore[method-assign]
+    assert list(committer.submit([3])) == [3]

@@ -197,3 +197,32 @@ def test_last_seen_writes_are_coalesced_within_the_write_interval(
     assert latest > held_back
     assert _stored_last_seen(app, site, "a") == latest
     assert len({e["session_id"] for e in stored_events() if e["user_id"] == "a"}) == 1
+
+
+def test_workers_racing_at_the_timeout_boundary_converge_on_one_session(app: Flask) -> None:
+    """Worker A continues a session from memory while worker B, handling a later event first,
+    finds it ended and replaces it: A's write must notice, and both go on with B's session."""
+    from plugins.sessions import SessionsEnricher
+    from rybbit.enrichment import EnrichmentContext
+
+    timeout = timedelta(minutes=30)
+    a, b = SessionsEnricher(timeout), SessionsEnricher(timeout)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    with app.app_context():
+        store = get_store()
+
+        def visit(worker: SessionsEnricher, at: datetime) -> str:
+            event: dict[str, Any] = {"site_id": "1", "user_id": "v"}
+            context = EnrichmentContext(
+                site={}, remote_addr=None, client_ip=None, headers={}, received_at=at, store=store
+            )
+            worker.enrich(event, context)
+            return str(event["session_id"])
+
+        first = visit(a, t0)
+        replaced = visit(b, t0 + timeout + timedelta(seconds=1))  # B: ended, a new session
+        assert replaced != first
+        # A's event from just before the boundary, handled after B's: A must not keep its id.
+        assert visit(a, t0 + timeout - timedelta(seconds=1)) == replaced
+        later = t0 + timeout + timedelta(minutes=2)
+        assert visit(a, later) == visit(b, later + timedelta(seconds=1)) == replaced

@@ -4,9 +4,11 @@ Threads, not more processes, absorb the wait on store acknowledgements: each wor
 process holding one MongoDB connection pool.
 """
 
+import ctypes
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import tempfile
 
@@ -30,6 +32,21 @@ accesslog = None
 # gunicorn >= 25 opens a control socket at one fixed path per user; several instances on one
 # machine (tests, staging) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def _limit_malloc_arenas(arenas=2):
+    """glibc gives threads their own malloc arenas (up to 8 per core), and memory freed in
+    one stays resident there; with 16 threads a worker keeps several MB it no longer uses
+    (bench/throughput.py: about 7 MB less RSS per worker after batch load, throughput
+    unchanged). Set in the master, so every forked worker inherits it; an explicit
+    MALLOC_ARENA_MAX in the environment wins."""
+    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    m_arena_max = -8  # from glibc's malloc.h
+    ctypes.CDLL(None).mallopt(m_arena_max, arenas)
+
+
+_limit_malloc_arenas()
 
 
 def post_worker_init(worker):

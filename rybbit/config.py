@@ -51,8 +51,15 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_STORAGE_URI": "memory://",
     "RATELIMIT_STRATEGY": "moving-window",
     "RATELIMIT_HEADERS_ENABLED": True,
-    # Fail open when the limiter's storage is unreachable (logged).
+    # When the limiter's storage is unreachable, each process counts on its own in memory
+    # (so a key may get up to workers x its limit) and probes the storage again with backoff;
+    # a request is never refused because the storage is down (logged).
     "RATELIMIT_SWALLOW_ERRORS": True,
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    # How long a Redis call of the limiter may take before the storage counts as down
+    # (redis-py would otherwise wait forever on a frozen server). A timeout given in
+    # RATELIMIT_STORAGE_URI's query string or RATELIMIT_STORAGE_OPTIONS wins.
+    "RATE_LIMIT_STORAGE_TIMEOUT_MS": 500,
     # Plugins: names of plugins not to use; which installed third-party plugins (entry points)
     # to load (None: all of them); per-plugin settings keyed by plugin name.
     "PLUGINS_DISABLED": [],

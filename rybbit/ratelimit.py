@@ -5,8 +5,11 @@ storage (a Lua script in Redis), so "20 per second" admits exactly 20 requests i
 span, whatever the number of workers. A fixed window would admit up to twice that across a
 window boundary.
 
-If the limiter's storage cannot be reached the request is let through (fail open) and an error
-is logged: for analytics ingestion, losing events is worse than briefly exceeding a limit.
+If the limiter's storage cannot be reached, no request is refused for it: for analytics
+ingestion, losing events is worse than briefly exceeding a limit. Flask-Limiter's in-memory
+fallback then counts in each process (a key may get up to workers x its limit) and probes the
+storage with backoff until it answers again, so an outage costs one timeout and one warning,
+not one per request. Redis calls are bounded by RATE_LIMIT_STORAGE_TIMEOUT_MS.
 """
 
 from __future__ import annotations
@@ -41,12 +44,44 @@ def spend(key_id: str, site_id: str) -> bool:
         return True
     try:
         allowed = bool(limiter.limiter.hit(parse(current_limit()), key_id, LIMIT_SCOPE))
-    except Exception:
-        log.exception("rate limit storage failed; letting the event through")
+    except Exception as exc:
+        _storage_failed(exc)
         return True
     if not allowed:
         metrics.rate_limited(site_id)
     return allowed
+
+
+_FAILURE_LOG_SECONDS = 60.0
+_failures = {"next_log": 0.0, "unlogged": 0}
+
+
+def _storage_failed(exc: Exception) -> None:
+    """Log a failed limiter call, at most once a minute per process: during an outage every
+    batch would otherwise add a traceback to the logs."""
+    now = time.monotonic()
+    if now < _failures["next_log"]:
+        _failures["unlogged"] += 1
+        return
+    log.error(
+        "rate limit storage failed (%s: %s; %d more failures since the last report); "
+        "letting the events through",
+        type(exc).__name__,
+        exc,
+        _failures["unlogged"],
+    )
+    _failures["next_log"], _failures["unlogged"] = now + _FAILURE_LOG_SECONDS, 0
+
+
+def _bounded_redis_calls(app: Flask, scheme: str) -> None:
+    """Give Redis storages socket timeouts (redis-py's default is to wait forever)."""
+    if not scheme.startswith("redis"):  # redis, rediss, redis+sentinel, redis+cluster
+        return
+    seconds = int(app.config["RATE_LIMIT_STORAGE_TIMEOUT_MS"]) / 1000
+    options = dict(app.config.get("RATELIMIT_STORAGE_OPTIONS") or {})
+    options.setdefault("socket_timeout", seconds)
+    options.setdefault("socket_connect_timeout", seconds)
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = options
 
 
 def limit_message() -> str:
@@ -90,8 +125,12 @@ def init_app(app: Flask) -> None:
         parse(text)  # a malformed setting fails start-up, not every request
         scheme = str(app.config["RATELIMIT_STORAGE_URI"]).split("://", 1)[0]  # no credentials
         log.info("rate limit: %s per API key, state in %s storage", text, scheme)
+        _bounded_redis_calls(app, scheme)
     # Flask runs after_request hooks in reverse order of registration: registered before the
     # limiter's own, this one runs after it and sees the headers it wrote.
     app.after_request(_standard_headers)
     limiter.init_app(app)
+    # The limiter object is shared by every app in the process (tests, CLI): a new app's
+    # storage is presumed up, not dead because an earlier app's was.
+    limiter._storage_dead = False
     app.register_error_handler(RateLimitExceeded, _rate_limited)

@@ -95,18 +95,30 @@ class Store:
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if embedded else contextlib.nullcontext()
         )
+        # Collection handles, made once: pymongo builds a new object (and options) per lookup,
+        # which every event would otherwise pay for several times.
+        self._collections: dict[tuple[str, bool], Any] = {}
+
+    def _collection(self, name: str, state: bool = False) -> Any:
+        handle = self._collections.get((name, state))
+        if handle is None:
+            handle = self.db[name]
+            if state and not self.embedded:
+                handle = handle.with_options(write_concern=WriteConcern(w=1, j=False))
+            self._collections[(name, state)] = handle
+        return handle
 
     @property
     def events(self) -> Any:
-        return self.db["events"]
+        return self._collection("events")
 
     @property
     def sites(self) -> Any:
-        return self.db["sites"]
+        return self._collection("sites")
 
     @property
     def api_keys(self) -> Any:
-        return self.db["api_keys"]
+        return self._collection("api_keys")
 
     def find_by_ids(self, collection: Any, ids: list[Any]) -> dict[Any, dict[str, Any]]:
         """The documents of ``collection`` with these ``_id``s, by ``_id``: one ``$in`` query,
@@ -155,10 +167,7 @@ class Store:
         """A collection for derived, rebuildable state (sessions, salts): acknowledged but not
         journaled, since losing the last write costs at most a split session, while waiting
         for the journal would cost every event a disk flush."""
-        collection = self.db[name]
-        if self.embedded:
-            return collection
-        return collection.with_options(write_concern=WriteConcern(w=1, j=False))
+        return self._collection(name, state=True)
 
     @contextlib.contextmanager
     def op(self) -> Iterator[None]:

@@ -112,13 +112,12 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"mongodb://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """URI of a throwaway Redis server (Debian's redis-server, installed by make setup)."""
+@contextlib.contextmanager
+def redis_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A throwaway Redis server (Debian's redis-server, installed by make setup) on ``port``."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("No redis-server on PATH: run `make setup`")
-    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -134,10 +133,18 @@ def redis_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
+        yield proc
     finally:
-        proc.terminate()
+        proc.kill()  # also when the test left it stopped (SIGSTOP)
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URI of a throwaway Redis server shared by the session's tests."""
+    port = free_port()
+    with redis_process(port):
+        yield f"redis://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import create_app, keys, sites
 from rybbit.store import get_store
-from tests.conftest import free_port
+from tests.conftest import free_port, redis_process
 
 
 @pytest.fixture
@@ -155,18 +158,64 @@ def test_shared_redis_storage_counts_across_apps(instance_path: Any, redis_serve
     assert statuses == [200] * 10 + [429] * 2
 
 
-def test_unreachable_limiter_storage_fails_open(
+def test_unreachable_limiter_storage_counts_in_memory_and_logs_once(
     instance_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = f"redis://127.0.0.1:{free_port()}?socket_connect_timeout=0.2"
+    dead = f"redis://127.0.0.1:{free_port()}"
     app = create_app(
-        {"MONGO_URI": None, "RATE_LIMIT": "1 per minute", "RATELIMIT_STORAGE_URI": dead}
+        {"MONGO_URI": None, "RATE_LIMIT": "2 per minute", "RATELIMIT_STORAGE_URI": dead}
     )
     with app.app_context():
         site = sites.create_site(get_store(), name="r", domain="r.example")
         key = keys.create_key(get_store(), site["site_id"])["api_key"]
-    caplog.set_level(logging.ERROR)
-    statuses = [send(app.test_client(), key, site["site_id"]).status_code for _ in range(3)]
-    assert statuses == [200] * 3
-    assert any(r.levelno >= logging.ERROR for r in caplog.records)
+    caplog.set_level(logging.INFO)
+    statuses = [send(app.test_client(), key, site["site_id"]).status_code for _ in range(5)]
+    # The process counts on its own: the limit still holds, and nothing was refused for the
+    # outage itself.
+    assert statuses == [200, 200, 429, 429, 429]
+    outage = [r for r in caplog.records if "storage unreachable" in r.getMessage()]
+    assert len(outage) == 1, "one warning for the outage, not one per request"
     assert key not in caplog.text
+
+
+def test_a_frozen_limiter_storage_costs_one_timeout_then_recovers(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    with redis_process(port) as redis_proc:
+        app = create_app(
+            {
+                "MONGO_URI": None,
+                "RATE_LIMIT": "1000 per minute",
+                "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}",
+                "RATE_LIMIT_STORAGE_TIMEOUT_MS": 300,
+            }
+        )
+        caplog.set_level(logging.INFO)
+        with app.app_context():
+            site = sites.create_site(get_store(), name="r", domain="r.example")
+            key = keys.create_key(get_store(), site["site_id"])["api_key"]
+        client = app.test_client()
+        counted = redis.Redis(port=port, socket_timeout=2)
+        assert send(client, key, site["site_id"]).status_code == 200
+        assert counted.keys("*"), "counted in Redis while it answers"
+
+        redis_proc.send_signal(signal.SIGSTOP)  # frozen: connections hang, nothing refused
+        try:
+            started = time.monotonic()
+            statuses = [send(client, key, site["site_id"]).status_code for _ in range(20)]
+            took = time.monotonic() - started
+        finally:
+            redis_proc.send_signal(signal.SIGCONT)
+        assert statuses == [200] * 20
+        # One timeout for the first request (the limit check; the headers then come from
+        # memory), not one or two per request.
+        assert took < 2.0, f"20 requests against a frozen Redis took {took:.1f} s"
+
+        counted.flushall()
+        deadline = time.monotonic() + 15
+        while not counted.keys("*"):  # probed with backoff: 1 s, 2 s, 4 s ...
+            assert time.monotonic() < deadline, "never went back to Redis"
+            assert send(client, key, site["site_id"]).status_code == 200
+            time.sleep(0.2)
+    assert any("recovered" in r.getMessage() for r in caplog.records)

@@ -115,19 +115,47 @@ class Gunicorn:
         return sorted(pids)
 
     def worker_memory_mb(self) -> list[dict[str, float]]:
-        """Per worker: RSS, and its split into private (anonymous) memory and file-backed
-        pages (the code, and the memory-mapped GeoIP database, which workers share)."""
+        """Per worker: RSS, its split into private (anonymous) memory and file-backed pages
+        (the code, and the memory-mapped GeoIP database, which workers share), and PSS (shared
+        pages divided among the processes that map them)."""
         sizes = []
         for pid in self.worker_pids():
             fields = {}
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "RssAnon", "RssFile"):
-                    fields[name] = round(int(value.split()[0]) / 1024, 1)
+            for status in ("status", "smaps_rollup"):
+                for line in Path(f"/proc/{pid}/{status}").read_text().splitlines():
+                    name, _, value = line.partition(":")
+                    if name in ("VmRSS", "RssAnon", "RssFile", "Pss"):
+                        fields[name] = round(int(value.split()[0]) / 1024, 1)
             sizes.append(
-                {"rss": fields["VmRSS"], "anon": fields["RssAnon"], "file": fields["RssFile"]}
+                {
+                    "rss": fields["VmRSS"],
+                    "anon": fields["RssAnon"],
+                    "file": fields["RssFile"],
+                    "pss": fields["Pss"],
+                }
             )
         return sizes
+
+
+def processes_named(name: str) -> list[int]:
+    """Running processes whose command name is ``name``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
+                    found.append(int(entry))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -132,19 +133,41 @@ def event_bodies(site_id: str, api_keys: list[str], count: int, seed: int) -> li
     return bodies
 
 
-def stored_events(base: str) -> int:
-    """Events the service has stored: its rybbit_events_total{outcome="accepted"}, which
-    counts an event only once the store acknowledged its write. (Counting in the store
-    itself means a full scan on FerretDB and the embedded store.)"""
+def stored_events(base: str) -> tuple[int, int]:
+    """Events the service has stored, and the writes it took: its
+    rybbit_events_total{outcome="accepted"}, which counts an event only once the store
+    acknowledged its write, and the count of rybbit_store_write_duration_seconds. (Counting in
+    the store itself means a full scan on FerretDB and the embedded store.)"""
     text = requests.get(f"{base}/metrics", timeout=30).text
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "rybbit_events_total" and sample.labels["outcome"] == "accepted"
-        )
+    events = writes = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rybbit_events_total" and sample.labels["outcome"] == "accepted":
+                events += sample.value
+            elif sample.name == "rybbit_store_write_duration_seconds_count":
+                writes += sample.value
+    return int(events), int(writes)
+
+
+def cpu_snapshot(service: servers.Gunicorn) -> dict[str, float]:
+    """CPU seconds used so far by the service's workers, the store and Redis (when they run
+    here), and wrk (this process's finished children)."""
+    return {
+        "workers": servers.cpu_seconds(service.worker_pids()),
+        "FerretDB": servers.cpu_seconds(servers.processes_named("ferretdb")),
+        "Redis": servers.cpu_seconds(servers.processes_named("redis-server")),
+        "wrk": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+    }
+
+
+def show_cpu(before: dict[str, float], after: dict[str, float], requests_done: int) -> None:
+    """Where the machine's CPU went, per request: what the ratio to (a) is made of."""
+    parts = ", ".join(
+        f"{name} {1000 * (after[name] - before[name]) / max(1, requests_done):.2f}"
+        for name in before
     )
+    print(f"    CPU ms per request: {parts}", flush=True)
 
 
 def main() -> None:
@@ -214,8 +237,16 @@ def main() -> None:
         site_id, api_keys = credentials(service.base_url, args.keys)
 
         singles = [json.dumps(b) for b in event_bodies(site_id, api_keys, 5000, seed=2)]
+        cpu = cpu_snapshot(service)
+        events, writes = stored_events(service.base_url)
         b = wrk(service.base_url, "/api/track", singles, args.seconds, args.connections)
         show("(b) /api/track", b)
+        show_cpu(cpu, cpu_snapshot(service), b["requests"])
+        events_after, writes_after = stored_events(service.base_url)
+        print(
+            f"    events per store write: {(events_after - events) / max(1, writes_after - writes):.1f}",
+            flush=True,
+        )
         print(f"    ratio (b)/(a): {b['rps'] / a['rps']:.2f}", flush=True)
 
         # Half of (b)'s saturation rate: each connection pauses between requests (wrk's
@@ -232,18 +263,21 @@ def main() -> None:
         )
         show(f"(b) paced to ~{target:.0f} req/s", paced)
 
-        before = stored_events(service.base_url)
+        before, writes = stored_events(service.base_url)
         batches = []
         for n in range(100):
             items = event_bodies(site_id, [api_keys[n % len(api_keys)]], 100, seed=1000 + n)
             batches.append(json.dumps(items))
+        cpu = cpu_snapshot(service)
         c = wrk(service.base_url, "/api/track/batch", batches, args.seconds, args.connections)
-        stored = stored_events(service.base_url) - before
+        cpu_after = cpu_snapshot(service)
+        stored = stored_events(service.base_url)[0] - before
         show(
             "(c) /api/track/batch, 100 events",
             c,
             f"\n    events stored: {stored} = {stored / c['seconds']:.0f} events/s",
         )
+        show_cpu(cpu, cpu_after, c["requests"])
         print(f"    memory per worker after load: {service.worker_memory_mb()} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -123,6 +123,33 @@ def test_site_ids_are_sequential_numbers(app: Flask) -> None:
     assert [s["site_id"] for s in created] == ["1", "2", "3"]
 
 
+def test_a_write_with_repeated_ids_stores_each_event_once(app: Flask) -> None:
+    # Repeats already stored and repeats within the one write: the embedded store's fast
+    # path (one transaction) is all or nothing, and must fall back without losing the rest.
+    with app.app_context():
+        store = get_store()
+        store.insert_events([{"_id": "old", "n": 0}])
+        store.insert_events(
+            [
+                {"_id": "a", "n": 1},
+                {"_id": "old", "n": 2},
+                {"_id": "b", "n": 3},
+                {"_id": "a", "n": 4},
+                {"_id": "c", "n": 5},
+            ]
+        )
+        store.insert_events([{"_id": f"many{i}", "n": i} for i in range(200)])
+        with store.op():
+            stored = {doc["_id"]: doc["n"] for doc in store.events.find({})}
+    assert {key: n for key, n in stored.items() if not key.startswith("many")} == {
+        "old": 0,
+        "a": 1,
+        "b": 3,
+        "c": 5,
+    }
+    assert sorted(n for key, n in stored.items() if key.startswith("many")) == list(range(200))
+
+
 def test_data_survives_a_new_app_on_the_same_instance(
     instance_path: Path, app_config: dict[str, Any], post: Any, site: dict[str, Any]
 ) -> None:

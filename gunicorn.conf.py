@@ -16,10 +16,32 @@ from gunicorn.glogging import Logger
 
 bind = os.environ.get("RYBBIT_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RYBBIT_WORKERS", "2"))
-worker_class = "gthread"
-# Many threads: most of a request is waiting for the store, and group commit turns waiting
-# requests into shared writes (bench/throughput.py: 4 -> 16 threads raised /api/track by ~1.8x).
+
+
+def _worker_class():
+    """gevent with a MongoDB server, threads with the embedded store.
+
+    Most of a request is waiting for the store, and group commit turns waiting requests into
+    shared writes, so a worker needs many requests in flight. Greenlets switch for less CPU
+    than threads do (bench/throughput.py, FerretDB: /api/track +16 % requests/s, p99 -25 %,
+    three runs each). But the embedded store's SQLite calls block a gevent worker outright,
+    where threads keep working beside them (embedded: -20 % with gevent), so the store the
+    environment names decides. RYBBIT_WORKER_CLASS overrides (set it when MONGO_URI is given
+    in instance/config.py rather than the environment)."""
+    chosen = os.environ.get("RYBBIT_WORKER_CLASS")
+    if chosen:
+        return chosen
+    return (
+        "gevent" if os.environ.get("MONGO_URI") or os.environ.get("RYBBIT_MONGO_URI") else "gthread"
+    )
+
+
+worker_class = _worker_class()
+# gthread: many threads, for the reason above (4 -> 16 threads raised /api/track by ~1.8x).
 threads = int(os.environ.get("RYBBIT_THREADS", "16"))
+# gevent: requests in flight per worker (gunicorn's default, 1000, would let a flood of
+# 512 KB batches take a gigabyte); more wait in the listen backlog.
+worker_connections = int(os.environ.get("RYBBIT_WORKER_CONNECTIONS", "64"))
 # A request never legitimately runs long: store calls are bounded by MONGO_TIMEOUT_MS.
 timeout = 30
 # On SIGTERM, let in-flight requests finish their writes before the worker exits.

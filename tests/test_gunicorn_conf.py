@@ -1,0 +1,40 @@
+"""gunicorn.conf.py's choices that depend on the environment."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+
+
+def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    for name in ("MONGO_URI", "RYBBIT_MONGO_URI", "RYBBIT_WORKER_CLASS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(CONF))
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "gthread"),  # the embedded store: SQLite calls would block a gevent worker
+        ({"MONGO_URI": "mongodb://db.internal/rybbit"}, "gevent"),
+        ({"RYBBIT_MONGO_URI": "mongodb://db.internal/rybbit"}, "gevent"),
+        ({"MONGO_URI": "mongodb://db/x", "RYBBIT_WORKER_CLASS": "gthread"}, "gthread"),
+        ({"RYBBIT_WORKER_CLASS": "gevent"}, "gevent"),
+    ],
+)
+def test_worker_class_follows_the_store(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    assert settings(monkeypatch, **env)["worker_class"] == expected
+
+
+def test_gevent_workers_bound_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings(monkeypatch)["worker_connections"] == 64
+    assert settings(monkeypatch, RYBBIT_WORKER_CONNECTIONS="10")["worker_connections"] == 10

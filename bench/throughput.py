@@ -186,6 +186,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="threads per worker (default: gunicorn.conf.py's)"
     )
+    parser.add_argument(
+        "--worker-class",
+        help="gunicorn worker class for (a), (b) and (c) alike (default: the one gunicorn.conf.py "
+        "picks for the store: gevent with a server, gthread embedded)",
+    )
     parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -198,13 +203,16 @@ def main() -> None:
             mongo_uri = stack.enter_context(servers.ferretdb(work / "ferretdb")) + "/bench"
         redis_uri = stack.enter_context(servers.redis())
         print(
-            f"workers: {args.workers or 'default'}, threads: {args.threads or 'default'}; "
+            f"workers: {args.workers or 'default'}, threads: {args.threads or 'default'}, "
+            f"worker class: {args.worker_class or ('gevent' if mongo_uri else 'gthread')}; "
             f"store: {mongo_uri or 'embedded'}; geoip: {args.geoip or 'none'}; "
             f"{args.seconds} s per run, {args.connections} connections",
             flush=True,
         )
 
-        sizing = {}
+        # (a) must run as (b) does, and gunicorn.conf.py picks the worker class by the store.
+        worker_class = args.worker_class or ("gevent" if mongo_uri else "gthread")
+        sizing = {"RYBBIT_WORKER_CLASS": worker_class}
         if args.workers:
             sizing["RYBBIT_WORKERS"] = str(args.workers)
         if args.threads:

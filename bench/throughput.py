@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="per load run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at saturation")
     parser.add_argument(
-        "--keys", type=int, default=50, help="API keys to spread the load over (20 req/s each)"
+        "--keys", type=int, default=100, help="API keys to spread the load over (20 req/s each)"
     )
     parser.add_argument(
         "--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py's)"

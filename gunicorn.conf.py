@@ -40,9 +40,11 @@ def _worker_class():
 worker_class = _worker_class()
 # gthread: many threads, for the reason above (4 -> 16 threads raised /api/track by ~1.8x).
 threads = int(os.environ.get("RYBBIT_THREADS", "16"))
-# gevent: requests in flight per worker (gunicorn's default, 1000, would let a flood of
-# 512 KB batches take a gigabyte); more wait in the listen backlog.
-worker_connections = int(os.environ.get("RYBBIT_WORKER_CONNECTIONS", "64"))
+if worker_class == "gevent":
+    # Open connections per worker, idle keep-alive ones included. gunicorn's default (1000)
+    # would let a flood of 512 KB batches take a gigabyte; more wait in the listen backlog.
+    # (gthread keeps gunicorn's default: its threads already bound the requests in flight.)
+    worker_connections = int(os.environ.get("RYBBIT_WORKER_CONNECTIONS", "256"))
 # A request never legitimately runs long: store calls are bounded by MONGO_TIMEOUT_MS.
 timeout = 30
 # On SIGTERM, let in-flight requests finish their writes before the worker exits.
@@ -61,7 +63,7 @@ def _limit_malloc_arenas(arenas=2):
     """glibc gives threads their own malloc arenas (up to 8 per core), and memory freed in
     one stays resident there; with 16 threads a worker keeps several MB it no longer uses
     (bench/throughput.py: about 7 MB less RSS per worker after batch load, throughput
-    unchanged). Set in the master, so every forked worker inherits it; an explicit
+    unchanged). Set in the master (on_starting), so every forked worker inherits it; an explicit
     MALLOC_ARENA_MAX in the environment wins."""
     if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
         return
@@ -69,14 +71,12 @@ def _limit_malloc_arenas(arenas=2):
     ctypes.CDLL(None).mallopt(m_arena_max, arenas)
 
 
-_limit_malloc_arenas()
-
-
 def post_worker_init(worker):
     """Set the loaded app's objects aside from garbage collection; warn once when per-process
     rate-limit state would multiply the limit by the workers."""
     # A full collection otherwise walks every object the app made at start-up, pausing all
     # the worker's requests: measured 35 ms, 3 ms once they are frozen.
+    gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()
     config = worker.wsgi.config
     shared = not str(config.get("RATELIMIT_STORAGE_URI", "")).startswith("memory://")
@@ -136,9 +136,11 @@ METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def on_starting(server):
-    """Give prometheus_client's multiprocess mode an empty folder before any worker starts
-    (and so before any imports prometheus_client): each worker writes its metrics there and
-    /metrics adds them all up. Without PROMETHEUS_MULTIPROC_DIR, a new temporary folder."""
+    """Limit malloc arenas (see _limit_malloc_arenas). Give prometheus_client's multiprocess
+    mode an empty folder before any worker starts (and so before any imports
+    prometheus_client): each worker writes its metrics there and /metrics adds them all up.
+    Without PROMETHEUS_MULTIPROC_DIR, a new temporary folder."""
+    _limit_malloc_arenas()
     path = os.environ.get(METRICS_DIR)
     if not path:
         os.environ[METRICS_DIR] = server.rybbit_metrics_temp_dir = tempfile.mkdtemp(

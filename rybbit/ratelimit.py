@@ -42,14 +42,53 @@ def spend(key_id: str, site_id: str) -> bool:
     False when it is spent. Uses the same storage, strategy and counter as the decorated routes."""
     if not current_app.config["RATELIMIT_ENABLED"]:
         return True
+    limit = parse(current_limit())
+    _Fallback.probe()
     try:
-        allowed = bool(limiter.limiter.hit(parse(current_limit()), key_id, LIMIT_SCOPE))
+        allowed = bool(limiter.limiter.hit(limit, key_id, LIMIT_SCOPE))
     except Exception as exc:
         _storage_failed(exc)
-        return True
+        if not current_app.config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"]:
+            return True
+        _Fallback.start()
+        allowed = bool(limiter.limiter.hit(limit, key_id, LIMIT_SCOPE))  # now in memory
     if not allowed:
         metrics.rate_limited(site_id)
     return allowed
+
+
+class _Fallback:
+    """Flask-Limiter's in-memory fallback, driven from the batch path as its own decorated
+    routes drive it: a batch that finds the storage down switches the process to counting in
+    memory, and while it does, batches too probe the storage (with Flask-Limiter's backoff)
+    and switch back once it answers. Without this, batch-only traffic would wait out a Redis
+    timeout per key in every batch of an outage. Flask-Limiter exposes no API for it, so its
+    internals are touched here and nowhere else; tests/test_rate_limit.py covers both ways."""
+
+    @staticmethod
+    def start() -> None:
+        limiter._storage_dead = True
+
+    @staticmethod
+    def probe() -> None:
+        if not limiter._storage_dead or not limiter._Limiter__should_check_backend():  # type: ignore[attr-defined]
+            return
+        try:
+            up = limiter.storage.check()
+        except Exception:  # noqa: BLE001 - still down, whatever the error
+            up = False
+        if up:
+            log.info("rate limit storage recovered")
+            limiter._storage_dead = False
+            limiter._Limiter__check_backend_count = 0  # type: ignore[attr-defined]
+
+    @staticmethod
+    def reset() -> None:
+        """The limiter object is shared by every app in the process (tests, CLI): a new app
+        starts with its storage presumed up and the probing backoff from the start."""
+        limiter._storage_dead = False
+        limiter._Limiter__check_backend_count = 0  # type: ignore[attr-defined]
+        limiter._Limiter__last_check_backend = time.time()  # type: ignore[attr-defined]
 
 
 _FAILURE_LOG_SECONDS = 60.0
@@ -130,7 +169,5 @@ def init_app(app: Flask) -> None:
     # limiter's own, this one runs after it and sees the headers it wrote.
     app.after_request(_standard_headers)
     limiter.init_app(app)
-    # The limiter object is shared by every app in the process (tests, CLI): a new app's
-    # storage is presumed up, not dead because an earlier app's was.
-    limiter._storage_dead = False
+    _Fallback.reset()
     app.register_error_handler(RateLimitExceeded, _rate_limited)

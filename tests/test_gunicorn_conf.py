@@ -12,7 +12,12 @@ CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
-    for name in ("MONGO_URI", "RYBBIT_MONGO_URI", "RYBBIT_WORKER_CLASS"):
+    for name in (
+        "MONGO_URI",
+        "RYBBIT_MONGO_URI",
+        "RYBBIT_WORKER_CLASS",
+        "RYBBIT_WORKER_CONNECTIONS",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -35,6 +40,9 @@ def test_worker_class_follows_the_store(
     assert settings(monkeypatch, **env)["worker_class"] == expected
 
 
-def test_gevent_workers_bound_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert settings(monkeypatch)["worker_connections"] == 64
-    assert settings(monkeypatch, RYBBIT_WORKER_CONNECTIONS="10")["worker_connections"] == 10
+def test_gevent_workers_bound_their_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings(monkeypatch, RYBBIT_WORKER_CLASS="gevent")["worker_connections"] == 256
+    chosen = settings(monkeypatch, RYBBIT_WORKER_CLASS="gevent", RYBBIT_WORKER_CONNECTIONS="10")
+    assert chosen["worker_connections"] == 10
+    # gthread keeps gunicorn's own default: its threads bound the requests in flight.
+    assert "worker_connections" not in settings(monkeypatch)

@@ -219,3 +219,46 @@ def test_a_frozen_limiter_storage_costs_one_timeout_then_recovers(
             assert send(client, key, site["site_id"]).status_code == 200
             time.sleep(0.2)
     assert any("recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_batches_alone_switch_to_memory_and_back(instance_path: Any) -> None:
+    # Batch-only traffic: no decorated route is there to notice the outage or the recovery.
+    port = free_port()
+    with redis_process(port) as redis_proc:
+        app = create_app(
+            {
+                "MONGO_URI": None,
+                "RATE_LIMIT": "3 per minute",
+                "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}",
+                "RATE_LIMIT_STORAGE_TIMEOUT_MS": 300,
+            }
+        )
+        with app.app_context():
+            site = sites.create_site(get_store(), name="r", domain="r.example")
+            api_keys = [keys.create_key(get_store(), site["site_id"])["api_key"] for _ in range(3)]
+        client = app.test_client()
+
+        def batch() -> list[int | None]:
+            items = [{"api_key": k, "site_id": site["site_id"]} for k in api_keys]
+            body = client.post("/api/track/batch", json=items).get_json()
+            return [None if r["success"] else 429 for r in body["results"]]
+
+        counted = redis.Redis(port=port, socket_timeout=2)
+        redis_proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            outcomes = [batch() for _ in range(4)]
+            took = time.monotonic() - started
+        finally:
+            redis_proc.send_signal(signal.SIGCONT)
+        # One timeout, then memory: three keys in four batches did not wait twelve times.
+        assert took < 1.5, f"4 batches against a frozen Redis took {took:.1f} s"
+        # Counted in memory, the limit still holds: each key's fourth batch is refused.
+        assert outcomes == [[None] * 3] * 3 + [[429] * 3]
+
+        counted.flushall()
+        deadline = time.monotonic() + 15
+        while not counted.keys("*"):  # probed with backoff: 1 s, 2 s, 4 s ...
+            assert time.monotonic() < deadline, "batches never went back to Redis"
+            batch()
+            time.sleep(0.2)

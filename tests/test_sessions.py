@@ -143,6 +143,28 @@ def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask) -> None
         assert store.insert_missing(sessions, docs) == set()
 
 
+def test_insert_missing_for_a_large_group_refuses_only_the_stored_ids(app: Flask) -> None:
+    # A group large enough for the embedded store's one-transaction path: a stored duplicate
+    # must neither lose the rest nor be reported as inserted.
+    with app.app_context():
+        store = get_store()
+        sessions = store.state("sessions")
+        with store.op():
+            sessions.insert_one({"_id": "taken", "n": "old"})
+        docs = [{"_id": f"v{i}", "n": i} for i in range(30)] + [{"_id": "taken", "n": 99}]
+        assert store.insert_missing(sessions, docs) == {f"v{i}" for i in range(30)}
+        fresh = [{"_id": f"w{i}", "n": i} for i in range(30)]
+        assert store.insert_missing(sessions, fresh) == {f"w{i}" for i in range(30)}
+        found = store.find_by_ids(sessions, ["taken", "v0", "v29", "w0", "w29"])
+        assert {key: doc["n"] for key, doc in found.items()} == {
+            "taken": "old",
+            "v0": 0,
+            "v29": 29,
+            "w0": 0,
+            "w29": 29,
+        }
+
+
 def test_a_session_ends_after_real_inactivity_in_the_same_worker(
     app_config: dict[str, Any],
     instance_path: Path,

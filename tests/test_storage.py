@@ -124,8 +124,8 @@ def test_site_ids_are_sequential_numbers(app: Flask) -> None:
 
 
 def test_a_write_with_repeated_ids_stores_each_event_once(app: Flask) -> None:
-    # Repeats already stored and repeats within the one write: the embedded store's fast
-    # path (one transaction) is all or nothing, and must fall back without losing the rest.
+    # Repeats already stored and repeats within the one write: each is skipped, and none of
+    # the others is lost.
     with app.app_context():
         store = get_store()
         store.insert_events([{"_id": "old", "n": 0}])

@@ -103,8 +103,7 @@ def _storage_failed(exc: Exception) -> None:
         _failures["unlogged"] += 1
         return
     log.error(
-        "rate limit storage failed (%s: %s; %d more failures since the last report); "
-        "letting the events through",
+        "rate limit storage failed (%s: %s; %d more failures since the last report)",
         type(exc).__name__,
         exc,
         _failures["unlogged"],

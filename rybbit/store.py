@@ -133,7 +133,7 @@ class Store:
 
     def insert_missing(self, collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
         """Insert each document whose ``_id`` is free, in one write; the ``_id``s inserted.
-        For the small state collections: on the embedded store it reads all their keys."""
+        Meant for the state collections (see _insert_embedded for the embedded store)."""
         if not docs:
             return set()
         if self.embedded:

@@ -85,7 +85,9 @@ class RetryingClient:
                     if response.status_code == 503:
                         assert response.headers.get("Retry-After")
                         assert response.json()["success"] is False
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    # Dropped before or while the answer came (a gevent worker killed between
+                    # writing the headers and the body): no acknowledgement, so retry.
                     outcome = "connection dropped"
                     session = requests.Session()
                 elapsed = time.monotonic() - started

@@ -158,18 +158,42 @@ def test_shared_redis_storage_counts_across_apps(instance_path: Any, redis_serve
     assert statuses == [200] * 10 + [429] * 2
 
 
+def app_with_keys(config: dict[str, Any], count: int = 1) -> tuple[Flask, str, list[str]]:
+    """An app on the embedded store with ``config``, a site, and ``count`` API keys of it."""
+    app = create_app({"MONGO_URI": None, **config})
+    with app.app_context():
+        site = sites.create_site(get_store(), name="r", domain="r.example")
+        made = [keys.create_key(get_store(), site["site_id"])["api_key"] for _ in range(count)]
+    return app, str(site["site_id"]), made
+
+
+def limited_by_redis(port: int, rate_limit: str) -> dict[str, Any]:
+    return {
+        "RATE_LIMIT": rate_limit,
+        "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}",
+        "RATE_LIMIT_STORAGE_TIMEOUT_MS": 300,
+    }
+
+
+def until_counted_in_redis(counted: redis.Redis, send_one: Any) -> None:
+    """Keep sending until the counts are in Redis again: Flask-Limiter probes a storage it
+    found down after 1 s, 2 s, 4 s ..."""
+    deadline = time.monotonic() + 15
+    while not counted.keys("*"):
+        assert time.monotonic() < deadline, "never went back to Redis"
+        send_one()
+        time.sleep(0.2)
+
+
 def test_unreachable_limiter_storage_counts_in_memory_and_logs_once(
     instance_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}"
-    app = create_app(
-        {"MONGO_URI": None, "RATE_LIMIT": "2 per minute", "RATELIMIT_STORAGE_URI": dead}
+    app, site_id, (key,) = app_with_keys(
+        {"RATE_LIMIT": "2 per minute", "RATELIMIT_STORAGE_URI": dead}
     )
-    with app.app_context():
-        site = sites.create_site(get_store(), name="r", domain="r.example")
-        key = keys.create_key(get_store(), site["site_id"])["api_key"]
     caplog.set_level(logging.INFO)
-    statuses = [send(app.test_client(), key, site["site_id"]).status_code for _ in range(5)]
+    statuses = [send(app.test_client(), key, site_id).status_code for _ in range(5)]
     # The process counts on its own: the limit still holds, and nothing was refused for the
     # outage itself.
     assert statuses == [200, 200, 429, 429, 429]
@@ -183,27 +207,17 @@ def test_a_frozen_limiter_storage_costs_one_timeout_then_recovers(
 ) -> None:
     port = free_port()
     with redis_process(port) as redis_proc:
-        app = create_app(
-            {
-                "MONGO_URI": None,
-                "RATE_LIMIT": "1000 per minute",
-                "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}",
-                "RATE_LIMIT_STORAGE_TIMEOUT_MS": 300,
-            }
-        )
+        app, site_id, (key,) = app_with_keys(limited_by_redis(port, "1000 per minute"))
         caplog.set_level(logging.INFO)
-        with app.app_context():
-            site = sites.create_site(get_store(), name="r", domain="r.example")
-            key = keys.create_key(get_store(), site["site_id"])["api_key"]
         client = app.test_client()
         counted = redis.Redis(port=port, socket_timeout=2)
-        assert send(client, key, site["site_id"]).status_code == 200
+        assert send(client, key, site_id).status_code == 200
         assert counted.keys("*"), "counted in Redis while it answers"
 
         redis_proc.send_signal(signal.SIGSTOP)  # frozen: connections hang, nothing refused
         try:
             started = time.monotonic()
-            statuses = [send(client, key, site["site_id"]).status_code for _ in range(20)]
+            statuses = [send(client, key, site_id).status_code for _ in range(20)]
             took = time.monotonic() - started
         finally:
             redis_proc.send_signal(signal.SIGCONT)
@@ -213,11 +227,7 @@ def test_a_frozen_limiter_storage_costs_one_timeout_then_recovers(
         assert took < 2.0, f"20 requests against a frozen Redis took {took:.1f} s"
 
         counted.flushall()
-        deadline = time.monotonic() + 15
-        while not counted.keys("*"):  # probed with backoff: 1 s, 2 s, 4 s ...
-            assert time.monotonic() < deadline, "never went back to Redis"
-            assert send(client, key, site["site_id"]).status_code == 200
-            time.sleep(0.2)
+        until_counted_in_redis(counted, lambda: send(client, key, site_id))
     assert any("recovered" in r.getMessage() for r in caplog.records)
 
 
@@ -225,21 +235,11 @@ def test_batches_alone_switch_to_memory_and_back(instance_path: Any) -> None:
     # Batch-only traffic: no decorated route is there to notice the outage or the recovery.
     port = free_port()
     with redis_process(port) as redis_proc:
-        app = create_app(
-            {
-                "MONGO_URI": None,
-                "RATE_LIMIT": "3 per minute",
-                "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}",
-                "RATE_LIMIT_STORAGE_TIMEOUT_MS": 300,
-            }
-        )
-        with app.app_context():
-            site = sites.create_site(get_store(), name="r", domain="r.example")
-            api_keys = [keys.create_key(get_store(), site["site_id"])["api_key"] for _ in range(3)]
+        app, site_id, api_keys = app_with_keys(limited_by_redis(port, "3 per minute"), count=3)
         client = app.test_client()
 
         def batch() -> list[int | None]:
-            items = [{"api_key": k, "site_id": site["site_id"]} for k in api_keys]
+            items = [{"api_key": k, "site_id": site_id} for k in api_keys]
             body = client.post("/api/track/batch", json=items).get_json()
             return [None if r["success"] else 429 for r in body["results"]]
 
@@ -257,8 +257,4 @@ def test_batches_alone_switch_to_memory_and_back(instance_path: Any) -> None:
         assert outcomes == [[None] * 3] * 3 + [[429] * 3]
 
         counted.flushall()
-        deadline = time.monotonic() + 15
-        while not counted.keys("*"):  # probed with backoff: 1 s, 2 s, 4 s ...
-            assert time.monotonic() < deadline, "batches never went back to Redis"
-            batch()
-            time.sleep(0.2)
+        until_counted_in_redis(counted, batch)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from rybbit import create_app
@@ -126,43 +127,28 @@ def test_find_by_ids_returns_the_documents_found(app: Flask) -> None:
         assert store.find_by_ids(sessions, ["missing", "gone"]) == {}
 
 
-def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask) -> None:
+# 30: large enough for the embedded store's one-transaction path, which must neither lose the
+# rest of a group with a stored duplicate nor report the duplicate as inserted.
+@pytest.mark.parametrize("size", [2, 30])
+def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask, size: int) -> None:
     with app.app_context():
         store = get_store()
         sessions = store.state("sessions")
         with store.op():
             sessions.insert_one({"_id": "taken", "n": "old"})
-        docs = [{"_id": "new1", "n": 1}, {"_id": "taken", "n": 2}, {"_id": "new2", "n": 3}]
-        assert store.insert_missing(sessions, docs) == {"new1", "new2"}
-        found = store.find_by_ids(sessions, ["new1", "taken", "new2"])
+        new = [{"_id": f"v{i}", "n": i} for i in range(size)]
+        docs = new[:1] + [{"_id": "taken", "n": 99}] + new[1:]
+        assert store.insert_missing(sessions, docs) == {doc["_id"] for doc in new}
+        last = f"v{size - 1}"
+        found = store.find_by_ids(sessions, ["v0", "taken", last])
         assert {key: doc["n"] for key, doc in found.items()} == {
-            "new1": 1,
+            "v0": 0,
             "taken": "old",
-            "new2": 3,
+            last: size - 1,
         }
         assert store.insert_missing(sessions, docs) == set()
-
-
-def test_insert_missing_for_a_large_group_refuses_only_the_stored_ids(app: Flask) -> None:
-    # A group large enough for the embedded store's one-transaction path: a stored duplicate
-    # must neither lose the rest nor be reported as inserted.
-    with app.app_context():
-        store = get_store()
-        sessions = store.state("sessions")
-        with store.op():
-            sessions.insert_one({"_id": "taken", "n": "old"})
-        docs = [{"_id": f"v{i}", "n": i} for i in range(30)] + [{"_id": "taken", "n": 99}]
-        assert store.insert_missing(sessions, docs) == {f"v{i}" for i in range(30)}
-        fresh = [{"_id": f"w{i}", "n": i} for i in range(30)]
-        assert store.insert_missing(sessions, fresh) == {f"w{i}" for i in range(30)}
-        found = store.find_by_ids(sessions, ["taken", "v0", "v29", "w0", "w29"])
-        assert {key: doc["n"] for key, doc in found.items()} == {
-            "taken": "old",
-            "v0": 0,
-            "v29": 29,
-            "w0": 0,
-            "w29": 29,
-        }
+        fresh = [{"_id": f"w{i}", "n": i} for i in range(size)]
+        assert store.insert_missing(sessions, fresh) == {doc["_id"] for doc in fresh}
 
 
 def test_a_session_ends_after_real_inactivity_in_the_same_worker(

@@ -150,7 +150,9 @@ class UsageRecorder:
     def __init__(self, interval_seconds: float) -> None:
         self.interval = interval_seconds
         self._pending: dict[str, datetime] = {}
-        self._last_flush = 0.0
+        # -inf, not 0.0: monotonic time counts from boot, so a zero start would hold back a
+        # key's first use on a machine up for less than the interval.
+        self._last_flush = float("-inf")
         self._lock = threading.Lock()
 
     def touch(self, store: Store, key_id: str, moment: datetime) -> None:

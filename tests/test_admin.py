@@ -586,3 +586,20 @@ def test_usage_held_back_by_the_interval_is_written_by_flush(
         "last_used_at"
     ]
     assert later > first
+
+
+def test_first_use_is_written_at_once_on_a_just_booted_machine(
+    app: Flask, site: dict[str, Any], api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """time.monotonic() counts from boot: a machine up for a few seconds must not hold back a
+    key's first use until it has been up for the flush interval."""
+    from rybbit import keys
+    from rybbit.store import get_store
+
+    monkeypatch.setattr(keys.time, "monotonic", lambda: 5.0)
+    recorder = keys.UsageRecorder(interval_seconds=3600)
+    with app.app_context():
+        store = get_store(app)
+        key_id = keys.find_key(store, api_key)["_id"]
+        recorder.touch(store, key_id, keys.datetime.now(keys.UTC))
+        assert keys.find_key(store, api_key)["last_used_at"] is not None

@@ -28,7 +28,7 @@ from rybbit import create_app, sites  # noqa: E402
 from rybbit.enrichment import EnrichmentContext  # noqa: E402
 from rybbit.events import now_ms  # noqa: E402
 from rybbit.plugin_loader import RUNNER_KEY  # noqa: E402
-from rybbit.store import get_store  # noqa: E402
+from rybbit.storage import get_store  # noqa: E402
 
 STORE_BACKED = ("identity", "sessions")
 

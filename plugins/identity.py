@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
-from rybbit.store import DuplicateKey
 
 SALT_LIFETIME = timedelta(hours=48)
 
@@ -41,18 +40,9 @@ class DailySalts:
             return self._current[1]
 
     def _fetch_or_create(self, store: Any, day: str, now: datetime) -> bytes:
-        with store.op():
-            store.state("salts").delete_many({"created_at": {"$lt": now - SALT_LIFETIME}})
-            found = store.state("salts").find_one({"_id": day})
-        if found is None:
-            doc = {"_id": day, "salt": secrets.token_hex(32), "created_at": now}
-            try:
-                with store.op():
-                    store.state("salts").insert_one(doc)
-                found = doc
-            except DuplicateKey:  # another worker made today's salt first: use theirs
-                with store.op():
-                    found = store.state("salts").find_one({"_id": day})
+        # Ours unless another worker made the day's salt first: then theirs.
+        candidate = {"_id": day, "salt": secrets.token_hex(32), "created_at": now}
+        found = store.salt_for_day(candidate, now - SALT_LIFETIME)
         return bytes.fromhex(found["salt"])
 
 

@@ -22,15 +22,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cachetools import TTLCache
-from pymongo import UpdateOne
 
 from rybbit.group_commit import GroupCommit
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
+from rybbit.storage.base import SessionExtend, SessionReplace
 
 # (visitor key, time of the event)
 Visit = tuple[str, datetime]
-# (filter, update) of one update_one
-Update = tuple[dict[str, Any], dict[str, Any]]
 
 
 class SessionsEnricher(Enricher):
@@ -90,8 +88,7 @@ class SessionsEnricher(Enricher):
         if self._next_cleanup is not None and now < self._next_cleanup:
             return
         self._next_cleanup = now + self.timeout
-        with store.op():
-            store.state("sessions").delete_many({"last_seen": {"$lt": now - self.timeout}})
+        store.delete_sessions_before(now - self.timeout)
 
     def _resolve(self, store: Any, visits: list[Visit]) -> list[str]:
         """The session id of each visit, in as few round trips as the visitors allow:
@@ -107,7 +104,6 @@ class SessionsEnricher(Enricher):
         for key, at in visits:
             first[key] = min(at, first.get(key, at))
             last[key] = max(at, last.get(key, at))
-        sessions = store.state("sessions")
         chosen: dict[str, str] = {}
         stored: dict[str, datetime] = {}  # last_seen in the store once this group is done
         extend: dict[str, datetime] = {}  # keys whose stored last_seen to raise, and to what
@@ -120,13 +116,13 @@ class SessionsEnricher(Enricher):
         unknown = [key for key in first if key not in chosen]
         for key in unknown:
             chosen[key] = uuid.uuid4().hex
-        inserted = store.insert_missing(
-            sessions, [self._record(key, chosen[key], first, last) for key in unknown]
+        inserted = store.insert_sessions(
+            [self._record(key, chosen[key], first, last) for key in unknown]
         )
         stored.update((key, last[key]) for key in inserted)
         returning = [key for key in unknown if key not in inserted]
-        known = store.find_by_ids(sessions, returning) if returning else {}
-        replace: list[Update] = []
+        known = store.find_sessions(returning) if returning else {}
+        replace: list[SessionReplace] = []
         for key in returning:
             doc = known.get(key)
             if doc is None:
@@ -134,14 +130,10 @@ class SessionsEnricher(Enricher):
             if doc["last_seen"] >= first[key] - self.timeout:  # the session goes on
                 chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
             else:  # it ended: replace it, unless another worker replaced or extended it
-                ended = {
-                    "_id": key,
-                    "session_id": doc["session_id"],
-                    "last_seen": {"$lt": first[key] - self.timeout},
-                }
                 fresh = self._record(key, chosen[key], first, last)
                 del fresh["_id"]
-                replace.append((ended, {"$set": fresh}))
+                ended_before = first[key] - self.timeout
+                replace.append(SessionReplace(key, doc["session_id"], ended_before, fresh))
                 stored[key] = last[key]
         for key, seen in stored.items():
             if last[key] - seen >= self.write_interval:
@@ -149,23 +141,21 @@ class SessionsEnricher(Enricher):
                 stored[key] = last[key]
         # Each write names the session it extends: one another worker replaced meanwhile
         # does not match, and the re-read below gives this process the new id.
-        updates = replace + [
-            ({"_id": key, "session_id": chosen[key]}, {"$max": {"last_seen": at}})
-            for key, at in extend.items()
-        ]
+        updates: list[SessionReplace | SessionExtend] = [*replace]
+        updates += [SessionExtend(key, chosen[key], at) for key, at in extend.items()]
         lost = [key for key in returning if key not in known]  # deleted as ended meanwhile
-        if not self._update(store, sessions, updates):
+        if not store.update_sessions(updates):
             # Another worker got in between, or a session was deleted as ended: what the store
             # holds now is the answer.
             mine = [key for key in first if key in extend or key in returning]
-            found = store.find_by_ids(sessions, mine)
+            found = store.find_sessions(mine)
             for key, doc in found.items():
                 chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
             lost = [key for key in mine if key not in found]
         if lost:  # a visitor without a record gets ours again, unless another worker's won
             records = [self._record(key, chosen[key], first, last) for key in lost]
-            refused = set(lost) - store.insert_missing(sessions, records)
-            for key, doc in store.find_by_ids(sessions, sorted(refused)).items():
+            refused = set(lost) - store.insert_sessions(records)
+            for key, doc in store.find_sessions(sorted(refused)).items():
                 chosen[key], stored[key] = doc["session_id"], doc["last_seen"]
         with self._recent_lock:
             for key in first:
@@ -183,23 +173,6 @@ class SessionsEnricher(Enricher):
             "started_at": first[key],
             "last_seen": last[key],
         }
-
-    @staticmethod
-    def _update(store: Any, sessions: Any, updates: list[Update]) -> bool:
-        """Apply the updates; True when every one matched its document."""
-        if not updates:
-            return True
-        if store.embedded:  # montydb has no bulk_write
-            matched = 0
-            for query, update in updates:
-                with store.op():
-                    matched += sessions.update_one(query, update).matched_count
-            return matched == len(updates)
-        with store.op():
-            result = sessions.bulk_write(
-                [UpdateOne(query, update) for query, update in updates], ordered=False
-            )
-        return bool(result.matched_count == len(updates))
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from .events import encode_cursor, event_to_json, iter_events, public_event, que
 from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import plugin_reports
-from .store import get_store
+from .storage import get_store
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,12 @@ from flask.cli import AppGroup
 from . import geoip_update, keys, sites
 from .events import event_to_json, iter_events
 from .jsonutil import json_default
-from .store import get_store
+from .storage import get_store
 
 sites_cli = AppGroup("sites", help="Manage sites.")
 keys_cli = AppGroup("keys", help="Manage API keys.")
 events_cli = AppGroup("events", help="Read stored events.")
+retention_cli = AppGroup("retention", help="Event retention.")
 geoip_cli = AppGroup("geoip", help="Manage the MaxMind City database of the geo enricher.")
 
 
@@ -85,6 +86,25 @@ def geoip_update_command(
         click.echo(f"running workers reopen it within {seconds} s")
 
 
+@retention_cli.command("status")
+def retention_status_command() -> None:
+    """Print the events collection's kind and how old events are removed, as JSON."""
+    click.echo(json.dumps(get_store().retention.describe(), default=json_default))
+
+
+@retention_cli.command("purge")
+def retention_purge_command() -> None:
+    """Delete events older than EVENT_RETENTION_DAYS now (for cron on quiet instances)."""
+    store = get_store()
+    retention = store.retention
+    if retention.settings.seconds is None:
+        raise click.ClickException("EVENT_RETENTION_DAYS is not set: events are kept forever")
+    if retention.timeseries:
+        click.echo("events is a time-series collection: the server expires old events itself")
+        return
+    click.echo(json.dumps({"deleted": retention.purge(store)}))
+
+
 def init_app(app: Flask) -> None:
-    for group in (sites_cli, keys_cli, events_cli, geoip_cli):
+    for group in (sites_cli, keys_cli, events_cli, geoip_cli, retention_cli):
         app.cli.add_command(group)

@@ -22,6 +22,11 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_WRITE_CONCERN": {"w": 1, "j": True},
     # Folder (relative to the instance folder unless absolute) of the embedded store.
     "EMBEDDED_STORE_DIR": "data",
+    # Embedded store: how long a write waits for another process's transaction before the
+    # request gets a 503 (SQLite's busy timeout), and when commits are synced to disk: NORMAL
+    # survives a killed process, FULL also a power cut (at a cost in writes per second).
+    "EMBEDDED_BUSY_TIMEOUT_MS": 2000,
+    "EMBEDDED_SYNCHRONOUS": "NORMAL",
     # Seconds a client is told to wait when the store is unavailable.
     "STORE_RETRY_AFTER": 2,
     # How long each process may keep using a site or API key document it read (seconds):

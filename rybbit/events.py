@@ -11,6 +11,7 @@ from typing import Any
 from bson import ObjectId
 
 from .jsonutil import json_default
+from .storage.base import EventQuery, Storage
 
 # Payload names that are stored under Rybbit's column names.
 _RENAMED = {"screenWidth": "screen_width", "screenHeight": "screen_height"}
@@ -81,52 +82,34 @@ def decode_cursor(cursor: str) -> tuple[datetime, ObjectId]:
     return datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid)
 
 
-def query_events(
-    store: Any,
+def event_query(
     site_id: str,
     *,
     start: datetime | None = None,
     end: datetime | None = None,
     event_type: str | None = None,
     newest_first: bool = True,
-    limit: int = 100,
     after: str | None = None,
+) -> EventQuery:
+    """A site's events in ``[start, end)``, ordered by timestamp then id; ``after`` is the
+    cursor of the last event of the previous page (ValueError if it is not one)."""
+    return EventQuery(
+        site_id=site_id,
+        start=start,
+        end=end,
+        event_type=event_type,
+        newest_first=newest_first,
+        after=None if after is None else decode_cursor(after),
+    )
+
+
+def query_events(
+    store: Storage, site_id: str, *, limit: int = 100, **filters: Any
 ) -> list[dict[str, Any]]:
-    """One page of a site's events in ``[start, end)``, ordered by timestamp then id.
-
-    ``after`` is the cursor of the last event of the previous page.
-    """
-    query: dict[str, Any] = {"site_id": site_id}
-    window: dict[str, Any] = {}
-    if start is not None:
-        window["$gte"] = start
-    if end is not None:
-        window["$lt"] = end
-    if window:
-        query["timestamp"] = window
-    if event_type is not None:
-        query["type"] = event_type
-    if after is not None:
-        stamp, oid = decode_cursor(after)
-        beyond = "$lt" if newest_first else "$gt"
-        query["$or"] = [
-            {"timestamp": {beyond: stamp}},
-            {"timestamp": stamp, "_id": {beyond: oid}},
-        ]
-    direction = -1 if newest_first else 1
-    with store.op():
-        cursor = store.events.find(query).sort([("timestamp", direction), ("_id", direction)])
-        return list(cursor.limit(limit))
+    """One page of a site's events (see ``event_query`` for the filters)."""
+    return store.find_events(event_query(site_id, **filters), limit)
 
 
-def iter_events(
-    store: Any, site_id: str, page_size: int = 1000, **filters: Any
-) -> Iterator[dict[str, Any]]:
-    """Every matching event, fetched a page at a time so no store call runs long."""
-    after = None
-    while True:
-        page = query_events(store, site_id, limit=page_size, after=after, **filters)
-        yield from page
-        if len(page) < page_size:
-            return
-        after = encode_cursor(page[-1])
+def iter_events(store: Storage, site_id: str, **filters: Any) -> Iterator[dict[str, Any]]:
+    """Every matching event, streamed from one store cursor (exports)."""
+    return store.iter_events(event_query(site_id, **filters))

@@ -25,13 +25,8 @@ def healthz() -> ResponseReturnValue:
 
 
 def _store_check() -> str | None:
-    store = get_store()
     try:
-        with store.op():
-            if store.embedded:
-                store.sites.find_one({"_id": "readyz"})
-            else:
-                store.db.command("ping")
+        get_store().ping()
     except (StoreUnavailable, pymongo.errors.PyMongoError) as exc:
         return f"store unavailable: {type(exc).__name__}"
     return None

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ApiError
-from .store import Store
+from .storage import Storage as Store
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +52,19 @@ def create_key(
         "revoked_at": None,
         "expires_at": expires_at,
     }
-    with store.op():
-        store.api_keys.insert_one(doc)
+    store.insert_key(doc)
     return {"id": doc["_id"], "api_key": api_key, **_public_fields(doc)}
 
 
 def list_keys(store: Store, site_id: str) -> list[dict[str, Any]]:
     """The site's keys, oldest first, without secrets."""
-    with store.op():
-        docs = list(store.api_keys.find({"site_id": site_id}).sort("created_at", 1))
-    return [public_key(doc) for doc in docs]
+    return [public_key(doc) for doc in store.list_keys(site_id)]
 
 
 def revoke_key(store: Store, site_id: str, key_id: str) -> dict[str, Any] | None:
     """Revoke at once; revoking twice keeps the first time. None if the site has no such key."""
-    with store.op():
-        store.api_keys.update_one(
-            {"_id": key_id, "site_id": site_id, "revoked_at": None},
-            {"$set": {"revoked_at": datetime.now(UTC)}},
-        )
-        doc = store.api_keys.find_one({"_id": key_id, "site_id": site_id})
+    store.update_key(key_id, {"revoked_at": datetime.now(UTC)}, site_id=site_id, live=True)
+    doc = store.find_key(key_id, site_id)
     return public_key(doc) if doc else None
 
 
@@ -79,16 +72,14 @@ def rotate_key(
     store: Store, site_id: str, key_id: str, grace_seconds: int
 ) -> dict[str, Any] | None:
     """A new key with the old one's name; the old one expires after ``grace_seconds``."""
-    with store.op():
-        old = store.api_keys.find_one({"_id": key_id, "site_id": site_id, "revoked_at": None})
-    if old is None or _expired(old, datetime.now(UTC)):
+    old = store.find_key(key_id, site_id)
+    if old is None or old.get("revoked_at") is not None or _expired(old, datetime.now(UTC)):
         return None
     new = create_key(store, site_id, name=old.get("name"))
     ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
     current = old.get("expires_at")
     if current is None or current > ends:
-        with store.op():
-            store.api_keys.update_one({"_id": key_id}, {"$set": {"expires_at": ends}})
+        store.update_key(key_id, {"expires_at": ends})
     return {**new, "replaces": key_id, "replaced_key_expires_at": ends}
 
 
@@ -101,8 +92,7 @@ def find_key(store: Store, api_key: str) -> dict[str, Any] | None:
     """The stored document of ``api_key`` (live or not), or None."""
     if not KEY_FORMAT.fullmatch(api_key):
         return None
-    with store.op():
-        return store.api_keys.find_one({"key_hash": hash_key(api_key)})  # type: ignore[no-any-return]
+    return store.find_key_by_hash(hash_key(api_key))
 
 
 def check_key(doc: dict[str, Any] | None, site_id: str) -> dict[str, Any]:
@@ -172,11 +162,7 @@ class UsageRecorder:
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()
         try:
-            for pending_id, used_at in pending.items():
-                with store.op():
-                    store.api_keys.update_one(
-                        {"_id": pending_id}, {"$max": {"last_used_at": used_at}}
-                    )
+            store.record_key_uses(pending)
         except Exception as exc:
             log.warning("could not record key usage now (%s); retrying later", type(exc).__name__)
             with self._lock:

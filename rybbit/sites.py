@@ -10,7 +10,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from .store import DuplicateKey, Store
+from .storage import DuplicateKey
+from .storage import Storage as Store
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "block_bots": True,
@@ -19,7 +20,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "salt_user_ids": False,
     "track_ip": False,
 }
-_LIVE = {"deleted_at": None}
 
 
 def create_site(
@@ -28,9 +28,7 @@ def create_site(
     """Insert a site with the next free numeric id and return it."""
     # The id is the document's _id, unique on every store; racing creators retry.
     for _ in range(20):
-        with store.op():
-            last = list(store.sites.find({}, {"seq": 1}).sort("seq", -1).limit(1))
-        seq = (last[0]["seq"] if last else 0) + 1
+        seq = store.last_site_seq() + 1
         doc = {
             "_id": str(seq),
             "seq": seq,
@@ -43,8 +41,7 @@ def create_site(
             "user_id_salt": secrets.token_hex(32),
         }
         try:
-            with store.op():
-                store.sites.insert_one(doc)
+            store.insert_site(doc)
         except DuplicateKey:
             continue
         return public_site(doc)
@@ -53,14 +50,11 @@ def create_site(
 
 def find_site(store: Store, site_id: str) -> dict[str, Any] | None:
     """The live site document with this id, or None."""
-    with store.op():
-        return store.sites.find_one({"_id": site_id, **_LIVE})
+    return store.find_site(site_id)
 
 
 def list_sites(store: Store) -> list[dict[str, Any]]:
-    with store.op():
-        docs = list(store.sites.find(_LIVE).sort("seq", 1))
-    return [public_site(doc) for doc in docs]
+    return [public_site(doc) for doc in store.list_sites()]
 
 
 def update_site(store: Store, site_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -68,11 +62,8 @@ def update_site(store: Store, site_id: str, changes: dict[str, Any]) -> dict[str
     update: dict[str, Any] = {k: v for k, v in changes.items() if k != "settings"}
     for key, value in (changes.get("settings") or {}).items():
         update[f"settings.{key}"] = value
-    if update:
-        with store.op():
-            result = store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": update})
-        if result.matched_count == 0:
-            return None
+    if update and not store.update_site(site_id, update):
+        return None
     site = find_site(store, site_id)
     return public_site(site) if site else None
 
@@ -86,15 +77,9 @@ def delete_site(store: Store, site_id: str) -> bool:
     if find_site(store, site_id) is None:
         return False
     now = datetime.now(UTC)
-    with store.op():
-        store.api_keys.update_many(
-            {"site_id": site_id, "revoked_at": None}, {"$set": {"revoked_at": now}}
-        )
-    with store.op():
-        store.events.delete_many({"site_id": site_id})
-    with store.op():
-        result = store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": {"deleted_at": now}})
-    return bool(result.matched_count)
+    store.revoke_site_keys(site_id, now)
+    store.delete_site_events(site_id)
+    return store.update_site(site_id, {"deleted_at": now})
 
 
 def settings_of(site: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from flask.testing import FlaskClient
 from rybbit import create_app, keys, sites
 from rybbit.enrichment import Enricher, EnrichmentContext
 from rybbit.plugin_loader import RUNNER_KEY
-from rybbit.store import get_store
+from rybbit.storage import EventQuery, Storage, get_store
 
 STORES = ["embedded", "mongo"]
 
@@ -221,11 +222,44 @@ def stored_events(app: Flask) -> Any:
 
     def _events() -> list[dict[str, Any]]:
         with app.app_context():
-            store = get_store()
-            with store.op():
-                return list(store.events.find({}).sort([("timestamp", 1), ("_id", 1)]))
+            return all_events(get_store())
 
     return _events
+
+
+def all_events(store: Storage, site_id: str | None = None) -> list[dict[str, Any]]:
+    """Every stored event (of one site), oldest first."""
+    return store.find_events(EventQuery(site_id=site_id, newest_first=False), limit=1_000_000)
+
+
+def set_sessions_last_seen(store: Storage, last_seen: datetime, key: str | None = None) -> None:
+    """Age visitors' sessions (all, or one) as if their last event was at ``last_seen``: a
+    test's shortcut past the interface, on either back end."""
+    from rybbit.storage import MongoStorage, SQLiteStorage
+    from rybbit.storage.codec import to_ms
+
+    if isinstance(store, MongoStorage):
+        with store.op():
+            store.db["sessions"].update_many(
+                {} if key is None else {"_id": key}, {"$set": {"last_seen": last_seen}}
+            )
+    else:
+        assert isinstance(store, SQLiteStorage)
+        where, params = ("", ()) if key is None else (" WHERE id = ?", (key,))
+        with store.connect() as conn:
+            conn.execute(f"UPDATE sessions SET last_seen = ?{where}", (to_ms(last_seen), *params))
+
+
+def insert_raw_events(store: Storage, docs: list[dict[str, Any]]) -> None:
+    """Write events straight into the store, past the write path (no purge, no metrics)."""
+    from rybbit.storage import MongoStorage, SQLiteStorage
+
+    if isinstance(store, MongoStorage):
+        with store.op():
+            store.events.insert_many(docs)
+    else:
+        assert isinstance(store, SQLiteStorage)
+        store.import_documents("events", docs)
 
 
 class FunctionEnricher(Enricher):

@@ -15,6 +15,7 @@ from plugins.identity import SALT_LIFETIME
 from plugins.screen import device_type_from_screen
 from rybbit import create_app
 from rybbit.store import get_store
+from tests.conftest import all_events, set_sessions_last_seen
 from tests.geo_db import build_city_db
 
 
@@ -101,9 +102,8 @@ class TestGeo:
                 environ_base={"REMOTE_ADDR": "10.0.0.1"},
             )
             with app.app_context():
-                store = get_store()
-                with store.op():
-                    return store.events.find_one({"site_id": site["site_id"]}).get("country")
+                (event,) = all_events(get_store(), site["site_id"])
+                return event.get("country")
 
         # The client wrote the leftmost entry itself; one proxy appended the real address.
         assert country_seen(1, "89.160.20.120, 81.2.69.160") == "GB"
@@ -237,9 +237,7 @@ class TestIdentity:
         post(ip_address="81.2.69.160", user_agent=self.UA)
         today_id = last_event(stored_events)["user_id"]
         with app.app_context():
-            store = get_store()
-            with store.op():
-                (salt,) = list(store.db["salts"].find({}))
+            (salt,) = get_store().list_salts()
         assert salt["_id"] == datetime.now(UTC).strftime("%Y-%m-%d")
 
         from plugins.identity import IdentityEnricher
@@ -255,8 +253,7 @@ class TestIdentity:
             tomorrows_salt = identity.salts.for_day(store, tomorrow)
             assert tomorrows_salt != bytes.fromhex(salt["salt"])
             identity.salts.for_day(store, later)
-            with store.op():
-                remaining = {doc["_id"] for doc in store.db["salts"].find({})}
+            remaining = {doc["_id"] for doc in store.list_salts()}
         assert salt["_id"] not in remaining, "a salt is gone 48 hours after it was made"
         assert today_id not in remaining
 
@@ -282,11 +279,7 @@ class TestSessions:
         post(user_id="u1")
         first = last_event(stored_events)["session_id"]
         with app.app_context():
-            store = get_store()
-            with store.op():
-                store.db["sessions"].update_many(
-                    {}, {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}}
-                )
+            set_sessions_last_seen(get_store(), datetime.now(UTC) - timedelta(minutes=31))
         # The next event reaches another worker (this one remembers the visitor's recent
         # event, which the store edit above cannot undo; test_sessions covers real waiting).
         other = create_app(app_config).test_client()
@@ -656,18 +649,12 @@ def test_ended_sessions_are_deleted(app: Flask, post: Any) -> None:
 
     post(user_id="u-old")
     with app.app_context():
-        store = get_store()
-        with store.op():
-            store.db["sessions"].update_many(
-                {}, {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}}
-            )
+        set_sessions_last_seen(get_store(), datetime.now(UTC) - timedelta(minutes=31))
         (sessions,) = [
             e for e in app.extensions[RUNNER_KEY].enrichers if isinstance(e, SessionsEnricher)
         ]
         sessions._next_cleanup = None  # as when the next clean-up comes due
     post(user_id="u-new")
     with app.app_context():
-        store = get_store()
-        with store.op():
-            remaining = [doc["_id"].split(":", 1)[1] for doc in store.db["sessions"].find({})]
+        remaining = [doc["_id"].split(":", 1)[1] for doc in get_store().list_sessions()]
     assert remaining == ["u-new"]

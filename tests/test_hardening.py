@@ -256,10 +256,10 @@ class TestReviewRegressions:
 
         with app.app_context():
             store = get_store()
-            with store.op():
-                store.sites.insert_one({"_id": "dup"})
-            with pytest.raises(DuplicateKey), store.op():
-                store.sites.insert_one({"_id": "dup"})
+            doc = {"_id": "dup", "seq": 0, "deleted_at": None}
+            store.insert_site(dict(doc))
+            with pytest.raises(DuplicateKey):
+                store.insert_site(dict(doc))
 
     def test_salted_user_ids_never_reach_session_state(
         self, app: Flask, post: Any, site: dict[str, Any]
@@ -268,9 +268,7 @@ class TestReviewRegressions:
             sites.update_site(get_store(), site["site_id"], {"settings": {"salt_user_ids": True}})
         assert post(user_id="alice@example.com").status_code == 200
         with app.app_context():
-            store = get_store()
-            with store.op():
-                state = json.dumps(list(store.db["sessions"].find({})), default=str)
+            state = json.dumps(get_store().list_sessions(), default=str)
         assert "alice@example.com" not in state
 
     def test_admin_token_from_the_environment_stays_text(

@@ -224,7 +224,7 @@ def test_app_logs_text_in_a_terminal_and_json_otherwise(tmp_path: Path, terminal
     storage = [line for line in lines if "storage: embedded store" in line]
     assert len(storage) == 1
     if terminal:
-        assert "[INFO] rybbit.store: storage: embedded store" in storage[0]
+        assert "[INFO] rybbit.storage: storage: embedded store" in storage[0]
         assert not storage[0].startswith("{")
     else:
         assert all(JSON_FIELDS <= set(json.loads(line)) for line in lines)

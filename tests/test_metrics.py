@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from rybbit import create_app, sites
-from rybbit.store import Store, StoreUnavailable, get_store
+from rybbit.store import MongoStorage, StoreUnavailable, get_store
 from tests.conftest import add_enricher, free_port
 from tests.geo_db import build_city_db
 from tests.gunicorn_service import run_service
@@ -216,7 +216,7 @@ def test_unreachable_mongodb_write_is_counted_by_driver_error(instance_path: Pat
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(
         f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=200
     )
-    store = Store(client["nowhere"], embedded=False)
+    store = MongoStorage(client["nowhere"])
     app = create_app({"MONGO_URI": None, "LOAD_PLUGINS": []})
     before = scrape(app.test_client())
     with pytest.raises(StoreUnavailable):

@@ -17,7 +17,7 @@ from rybbit import create_app, keys, sites
 from rybbit.enrichment import Enricher, order_enrichers
 from rybbit.plugin_loader import BUILTIN_PLUGINS, RUNNER_KEY
 from rybbit.store import get_store
-from tests.conftest import add_enricher
+from tests.conftest import add_enricher, all_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer plugin-admin-token-0123"}
@@ -90,9 +90,8 @@ def track(app: Flask, **fields: Any) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.get_json()
     with app.app_context():
-        store = get_store()
-        with store.op():
-            return dict(store.events.find_one({"site_id": site["site_id"]}))
+        (event,) = all_events(get_store(), site["site_id"])
+        return event
 
 
 def plugins_report(app: Flask) -> dict[str, dict[str, Any]]:

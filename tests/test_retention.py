@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 
 from rybbit import create_app, sites
 from rybbit.events import encode_cursor, idempotent_id, now_ms, query_events
-from rybbit.retention import (
+from rybbit.storage.retention import (
     BY_PURGE,
     BY_SERVER,
     IDS_COLLECTION,
@@ -37,8 +37,8 @@ from rybbit.retention import (
     record_ids,
     store_events,
 )
-from rybbit.store import Store, get_store
-from tests.conftest import free_port
+from rybbit.store import MongoStorage, get_store
+from tests.conftest import all_events, free_port, insert_raw_events
 
 WEEK = 7
 
@@ -104,9 +104,7 @@ def seed(app: Flask, site_id: str, **ages: timedelta) -> None:
         for name, age in ages.items()
     ]
     with app.app_context():
-        store = get_store()
-        with store.op():
-            store.events.insert_many(docs)
+        insert_raw_events(get_store(), docs)
 
 
 def paths(stored_events: Any) -> list[str]:
@@ -178,8 +176,7 @@ def test_retention_in_fractions_of_a_day_applies_to_accepted_client_times(
         store = get_store()
         store.retention.wait_for_purge()
         store.retention.purge(store)
-        with store.op():
-            left = [e["pathname"] for e in store.events.find({})]
+        left = [e["pathname"] for e in all_events(store)]
     assert left == ["/now"]
 
 
@@ -193,8 +190,7 @@ def test_without_a_retention_events_are_kept_forever(
         store = get_store()
         assert store.retention.expiry == NEVER
         assert store.retention.purge(store) == 0
-        with store.op():
-            assert store.events.count_documents({}) == 1
+        assert store.count_events() == 1
         assert store.retention.prepare_insert(store) is False
     assert store.retention._purge_thread is None, "no retention, no purge thread"
 
@@ -206,7 +202,7 @@ def test_detection_chooses_a_regular_collection_and_says_why(
     store_kind: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="rybbit.retention")
+    caplog.set_level(logging.INFO, logger="rybbit.storage.retention")
     app = create_app(app_config)
     with app.app_context():
         store = get_store()
@@ -224,7 +220,7 @@ def test_detection_chooses_a_regular_collection_and_says_why(
         assert info["type"] == "collection"
     else:
         assert described["reason"].startswith("embedded store")
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "rybbit.retention"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "rybbit.storage.retention"]
     assert line.startswith("events: regular collection (")
     assert "deleted after 604800s by this process's purge, at most every 600s" in line
 
@@ -278,7 +274,7 @@ def test_the_purge_never_fails_or_delays_a_write(caplog: pytest.LogCaptureFixtur
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(
         f"mongodb://127.0.0.1:{free_port()}/x", serverSelectionTimeoutMS=300
     )
-    dead = Store(client["x"], embedded=False)
+    dead = MongoStorage(client["x"])
     retention = Retention(Settings(seconds=3600))
     retention.mode, retention.expiry = REGULAR, BY_PURGE
     started = time.monotonic()
@@ -376,14 +372,9 @@ def timeseries_stand_in(mongo_server: str, instance_path: Path, no_timeseries: N
     pymongo.MongoClient(mongo_server).drop_database(name)
 
 
-def ids_recorded(store: Store) -> list[Any]:
+def ids_recorded(store: MongoStorage) -> list[Any]:
     with store.op():
         return [doc["_id"] for doc in store.state(IDS_COLLECTION).find({})]
-
-
-def all_events(store: Store) -> list[dict[str, Any]]:
-    with store.op():
-        return list(store.events.find({}).sort([("timestamp", 1), ("_id", 1)]))
 
 
 def test_stand_in_event_ids_are_recorded_after_their_events(timeseries_stand_in: Any) -> None:
@@ -487,7 +478,7 @@ def real_db(
     client.close()
 
 
-def real_store(uri: str, **config: Any) -> Store:
+def real_store(uri: str, **config: Any) -> MongoStorage:
     app = create_app({"TESTING": True, "MONGO_URI": uri, "LOAD_PLUGINS": [], **config})
     return get_store(app)
 

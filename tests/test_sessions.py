@@ -14,6 +14,7 @@ from flask import Flask
 
 from rybbit import create_app
 from rybbit.store import get_store
+from tests.conftest import set_sessions_last_seen
 
 
 def _body(site: dict[str, Any], api_key: str, user: str, n: int) -> dict[str, Any]:
@@ -98,12 +99,9 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
         assert client.post("/api/track", json=_body(site, api_key, user, 0)).status_code == 200
     before = {e["user_id"]: e["session_id"] for e in stored_events()}
     with app.app_context():
-        store = get_store()
-        with store.op():
-            store.db["sessions"].update_one(
-                {"_id": f"{site['site_id']}:ended"},
-                {"$set": {"last_seen": datetime.now(UTC) - timedelta(minutes=31)}},
-            )
+        set_sessions_last_seen(
+            get_store(), datetime.now(UTC) - timedelta(minutes=31), f"{site['site_id']}:ended"
+        )
     # Sent to another worker: this one remembers both visitors' recent events.
     other = create_app(app_config).test_client()
     items = [_body(site, api_key, user, 1) for user in ("live", "ended", "new")]
@@ -114,17 +112,20 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
     assert after["new"] not in (before["live"], before["ended"], after["ended"])
 
 
-def test_find_by_ids_returns_the_documents_found(app: Flask) -> None:
+def _session(key: str, n: int = 0) -> dict[str, Any]:
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n)
+    return {"_id": key, "session_id": f"s-{key}-{n}", "started_at": at, "last_seen": at}
+
+
+def test_find_sessions_returns_the_documents_found(app: Flask) -> None:
     with app.app_context():
         store = get_store()
-        sessions = store.state("sessions")
-        with store.op():
-            for key in ("a", "b", "c"):
-                sessions.insert_one({"_id": key, "n": key})
-        assert store.find_by_ids(sessions, ["a"]) == {"a": {"_id": "a", "n": "a"}}
-        found = store.find_by_ids(sessions, ["c", "missing", "a"])
-        assert found == {"a": {"_id": "a", "n": "a"}, "c": {"_id": "c", "n": "c"}}
-        assert store.find_by_ids(sessions, ["missing", "gone"]) == {}
+        docs = {key: _session(key) for key in ("a", "b", "c")}
+        assert store.insert_sessions(list(docs.values())) == set(docs)
+        assert store.find_sessions(["a"]) == {"a": docs["a"]}
+        found = store.find_sessions(["c", "missing", "a"])
+        assert found == {"a": docs["a"], "c": docs["c"]}
+        assert store.find_sessions(["missing", "gone"]) == {}
 
 
 # 30: large enough for the embedded store's one-transaction path, which must neither lose the
@@ -133,22 +134,20 @@ def test_find_by_ids_returns_the_documents_found(app: Flask) -> None:
 def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask, size: int) -> None:
     with app.app_context():
         store = get_store()
-        sessions = store.state("sessions")
-        with store.op():
-            sessions.insert_one({"_id": "taken", "n": "old"})
-        new = [{"_id": f"v{i}", "n": i} for i in range(size)]
-        docs = new[:1] + [{"_id": "taken", "n": 99}] + new[1:]
-        assert store.insert_missing(sessions, docs) == {doc["_id"] for doc in new}
+        assert store.insert_sessions([_session("taken", 1)]) == {"taken"}
+        new = [_session(f"v{i}", i) for i in range(size)]
+        docs = new[:1] + [_session("taken", 99)] + new[1:]
+        assert store.insert_sessions(docs) == {doc["_id"] for doc in new}
         last = f"v{size - 1}"
-        found = store.find_by_ids(sessions, ["v0", "taken", last])
-        assert {key: doc["n"] for key, doc in found.items()} == {
-            "v0": 0,
-            "taken": "old",
-            last: size - 1,
+        found = store.find_sessions(["v0", "taken", last])
+        assert {key: doc["session_id"] for key, doc in found.items()} == {
+            "v0": "s-v0-0",
+            "taken": "s-taken-1",
+            last: f"s-{last}-{size - 1}",
         }
-        assert store.insert_missing(sessions, docs) == set()
-        fresh = [{"_id": f"w{i}", "n": i} for i in range(size)]
-        assert store.insert_missing(sessions, fresh) == {doc["_id"] for doc in fresh}
+        assert store.insert_sessions(docs) == set()
+        fresh = [_session(f"w{i}", i) for i in range(size)]
+        assert store.insert_sessions(fresh) == {doc["_id"] for doc in fresh}
 
 
 def test_a_session_ends_after_real_inactivity_in_the_same_worker(
@@ -171,9 +170,11 @@ def test_a_session_ends_after_real_inactivity_in_the_same_worker(
 
 def _stored_last_seen(app: Flask, site: dict[str, Any], user: str) -> datetime:
     with app.app_context():
-        store = get_store()
-        with store.op():
-            doc = store.db["sessions"].find_one({"_id": f"{site['site_id']}:{user}"})
+        doc = (
+            get_store()
+            .find_sessions([f"{site['site_id']}:{user}"])
+            .get(f"{site['site_id']}:{user}")
+        )
     assert doc is not None
     return doc["last_seen"]  # type: ignore[no-any-return]
 

@@ -15,7 +15,8 @@ from pymongo.errors import BulkWriteError
 
 from rybbit import create_app, keys, sites
 from rybbit.lookup_cache import lookup_cache
-from rybbit.store import DuplicateKey, StoreUnavailable, get_store, translate_errors
+from rybbit.store import DuplicateKey, MongoStorage, StoreUnavailable, get_store, translate_errors
+from tests.conftest import all_events
 
 
 def test_stored_document_keeps_every_field(
@@ -67,8 +68,7 @@ def test_keys_are_stored_hashed(app: Flask, site: dict[str, Any]) -> None:
     with app.app_context():
         store = get_store()
         created = keys.create_key(store, site["site_id"], name="backend")
-        with store.op():
-            (doc,) = list(store.api_keys.find({"_id": created["id"]}))
+        doc = store.find_key(created["id"])
     assert keys.KEY_FORMAT.fullmatch(created["api_key"])
     assert created["api_key"] not in json.dumps(doc, default=str)
     assert doc["key_hash"] == hashlib.sha256(created["api_key"].encode()).hexdigest()
@@ -93,11 +93,8 @@ def test_revoked_or_expired_keys_are_refused(
     assert post().status_code == 200
     with app.app_context():
         store = get_store()
-        with store.op():
-            store.api_keys.update_one(
-                {"key_hash": keys.hash_key(api_key)},
-                {"$set": {field: datetime.now(UTC) - timedelta(seconds=1)}},
-            )
+        key_id = store.find_key_by_hash(keys.hash_key(api_key))["_id"]
+        store.update_key(key_id, {field: datetime.now(UTC) - timedelta(seconds=1)})
         lookup_cache().clear()  # as the admin API does after a change (see test_lookup_cache)
     response = post()
     assert response.status_code == 403
@@ -107,11 +104,8 @@ def test_revoked_or_expired_keys_are_refused(
 def test_future_expiry_still_works(app: Flask, post: Any, api_key: str) -> None:
     with app.app_context():
         store = get_store()
-        with store.op():
-            store.api_keys.update_one(
-                {"key_hash": keys.hash_key(api_key)},
-                {"$set": {"expires_at": datetime.now(UTC) + timedelta(hours=1)}},
-            )
+        key_id = store.find_key_by_hash(keys.hash_key(api_key))["_id"]
+        store.update_key(key_id, {"expires_at": datetime.now(UTC) + timedelta(hours=1)})
     assert post().status_code == 200
 
 
@@ -139,8 +133,7 @@ def test_a_write_with_repeated_ids_stores_each_event_once(app: Flask) -> None:
             ]
         )
         store.insert_events([{"_id": f"many{i}", "n": i} for i in range(200)])
-        with store.op():
-            stored = {doc["_id"]: doc["n"] for doc in store.events.find({})}
+        stored = {doc["_id"]: doc["n"] for doc in all_events(store)}
     assert {key: n for key, n in stored.items() if not key.startswith("many")} == {
         "old": 0,
         "a": 1,
@@ -156,9 +149,7 @@ def test_data_survives_a_new_app_on_the_same_instance(
     assert post(pathname="/persisted").status_code == 200
     again = create_app(app_config)
     with again.app_context():
-        store = get_store()
-        with store.op():
-            events = list(store.events.find({"site_id": site["site_id"]}))
+        events = all_events(get_store(), site["site_id"])
     assert [e["pathname"] for e in events] == ["/persisted"]
 
 
@@ -166,7 +157,7 @@ def test_embedded_store_lives_in_the_instance_folder(instance_path: Path) -> Non
     app = create_app({"MONGO_URI": None})
     with app.app_context():
         sites.create_site(get_store(), name="x", domain="x.example")
-    assert (instance_path / "data" / "monty.storage.cfg").exists()
+    assert (instance_path / "data" / "rybbit.sqlite3").exists()
 
 
 def test_mongo_indexes_are_created(mongo_server: str, instance_path: Path) -> None:
@@ -200,7 +191,9 @@ def test_unreachable_store_gives_503_with_retry_after(instance_path: Path) -> No
 def test_write_concern_defaults_to_journaled(mongo_server: str, instance_path: Path) -> None:
     app = create_app({"MONGO_URI": f"{mongo_server}/rybbit_test_wc"})
     with app.app_context():
-        concern = get_store().events.write_concern.document
+        store = get_store()
+        assert isinstance(store, MongoStorage)
+        concern = store.events.write_concern.document
         pymongo.MongoClient(mongo_server).drop_database("rybbit_test_wc")
     assert concern == {"w": 1, "j": True}
 

@@ -9,7 +9,9 @@
   TTL index on ``timestamp``.
 - Servers without TTL indexes (FerretDB 1.x) and the embedded store: each process deletes
   expired events itself, in a background thread started from the write path at most once per
-  ``EVENT_PURGE_INTERVAL_SECONDS``; ``flask --app app retention purge`` does it on demand.
+  ``EVENT_PURGE_INTERVAL_SECONDS``; ``flask --app app retention purge`` does it on demand. On
+  the embedded store the purge deletes by the indexed time in small transactions, so writers
+  never wait long for it.
 
 The kind of collection is decided once per process, before its first insert: on an existing
 ``events`` collection, by what it is; otherwise by trying to create a time-series one and
@@ -31,7 +33,6 @@ with the same ``_id``, so readers can tell).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -40,13 +41,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import click
 import pymongo.errors
 from flask import Flask
-from flask.cli import AppGroup
 
-if TYPE_CHECKING:  # store imports this module; at run time its names are imported lazily
-    from .store import Store
+from ..store_errors import DuplicateKey, StoreUnavailable
+
+if TYPE_CHECKING:  # only for types: the back ends import this module, never the reverse
+    from .base import Storage as Store
+    from .mongo import MongoStorage
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +168,6 @@ class Retention:
 
     def _apply_expiry(self, store: Store, mode: str) -> str:
         """Bring the server's expiry in line with the settings; how events will expire."""
-        from .store import StoreUnavailable
-
         seconds = self.settings.seconds
         if store.embedded:
             return NEVER if seconds is None else BY_PURGE
@@ -204,8 +204,6 @@ class Retention:
         return self.mode == TIMESERIES
 
     def _ensure_before_insert(self, store: Store) -> None:
-        from .store import StoreUnavailable
-
         try:
             self.ensure(store)
         except StoreUnavailable:
@@ -219,7 +217,7 @@ class Retention:
                     if self.settings.seconds is not None:
                         self.expiry = BY_PURGE
 
-    def insert_timeseries(self, store: Store, events: list[dict[str, Any]]) -> None:
+    def insert_timeseries(self, store: MongoStorage, events: list[dict[str, Any]]) -> None:
         """Store events in a time-series collection, each client-identified one once (see the
         module docstring): drop the ids already recorded, store, then record the new ids."""
         fresh, marks = self._unseen(store, events)
@@ -228,7 +226,7 @@ class Retention:
 
     @staticmethod
     def _unseen(
-        store: Store, events: list[dict[str, Any]]
+        store: MongoStorage, events: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The events to store (not recorded, first of their id in this write), and the id
         records to write once they are stored."""
@@ -298,10 +296,8 @@ class Retention:
             return 0
         cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
         started = time.monotonic()
-        # One delete: on the embedded store it is one scan (montydb has no indexes, and
-        # batching by _id costs far more), on a server one statement.
-        with store.op():
-            deleted = int(store.events.delete_many({"timestamp": {"$lt": cutoff}}).deleted_count)
+        # On a server one statement; on the embedded store small transactions on the time index.
+        deleted = store.delete_events_before(cutoff)
         took = time.monotonic() - started
         self.last_purge = {"at": datetime.now(UTC), "deleted": deleted, "cutoff": cutoff}
         if deleted:
@@ -347,11 +343,9 @@ class Retention:
 # -- store operations ------------------------------------------------------------------------
 
 
-def store_events(store: Store, events: list[dict[str, Any]]) -> None:
+def store_events(store: MongoStorage, events: list[dict[str, Any]]) -> None:
     """Insert events with the store's (journaled) write concern. A duplicate ``_id`` can only
     be refused by a regular collection standing in for a time-series one; it is stored."""
-    from .store import DuplicateKey
-
     if not events:
         return
     try:
@@ -361,11 +355,9 @@ def store_events(store: Store, events: list[dict[str, Any]]) -> None:
         pass
 
 
-def record_ids(store: Store, marks: list[dict[str, Any]]) -> None:
+def record_ids(store: MongoStorage, marks: list[dict[str, Any]]) -> None:
     """Record the ids of stored events. Its events are stored already, so a failure is
     logged, not raised: the request is acknowledged, and a retry may store a copy."""
-    from .store import DuplicateKey
-
     if not marks:
         return
     try:
@@ -381,7 +373,7 @@ def record_ids(store: Store, marks: list[dict[str, Any]]) -> None:
         )
 
 
-def _collection_info(store: Store, name: str) -> dict[str, Any] | None:
+def _collection_info(store: MongoStorage, name: str) -> dict[str, Any] | None:
     with store.op():
         found = list(store.db.list_collections(filter={"name": name}))
     return found[0] if found else None
@@ -400,7 +392,7 @@ def _mode_of_existing(info: dict[str, Any], settings: Settings) -> tuple[str, st
     return REGULAR, "existing regular collection; time-series disabled by EVENTS_TIMESERIES"
 
 
-def _create_timeseries(store: Store, settings: Settings) -> tuple[str, str]:
+def _create_timeseries(store: MongoStorage, settings: Settings) -> tuple[str, str]:
     """Create ``events`` as a time-series collection, or say why it is a regular one."""
     options: dict[str, Any] = {"timeseries": TIMESERIES_OPTIONS}
     if settings.seconds is not None:
@@ -427,7 +419,7 @@ def _create_timeseries(store: Store, settings: Settings) -> tuple[str, str]:
     return TIMESERIES, "time-series collection created"
 
 
-def _set_timeseries_expiry(store: Store, seconds: int | None) -> None:
+def _set_timeseries_expiry(store: MongoStorage, seconds: int | None) -> None:
     info = _collection_info(store, "events") or {}
     current = (info.get("options") or {}).get("expireAfterSeconds")
     if (None if current is None else int(current)) == seconds:
@@ -437,7 +429,7 @@ def _set_timeseries_expiry(store: Store, seconds: int | None) -> None:
     log.info("events: time-series expireAfterSeconds %s -> %s", current, seconds or "off")
 
 
-def _sync_ttl_index(store: Store, collection: str, field: str, seconds: int | None) -> bool:
+def _sync_ttl_index(store: MongoStorage, collection: str, field: str, seconds: int | None) -> bool:
     """Make the TTL index on ``field`` expire after ``seconds`` (None: no TTL index). False
     where the server has no TTL indexes (FerretDB 1.x) or an index is in the way."""
     coll = store.db[collection]
@@ -487,36 +479,9 @@ def _sync_ttl_index(store: Store, collection: str, field: str, seconds: int | No
     return True
 
 
-# -- app wiring and CLI ----------------------------------------------------------------------
-
-retention_cli = AppGroup("retention", help="Event retention.")
-
-
-@retention_cli.command("status")
-def status_command() -> None:
-    """Print the events collection's kind and how old events are removed, as JSON."""
-    from .jsonutil import json_default
-    from .store import get_store
-
-    click.echo(json.dumps(get_store().retention.describe(), default=json_default))
-
-
-@retention_cli.command("purge")
-def purge_command() -> None:
-    """Delete events older than EVENT_RETENTION_DAYS now (for cron on quiet instances)."""
-    from .store import get_store
-
-    store = get_store()
-    retention = store.retention
-    if retention.settings.seconds is None:
-        raise click.ClickException("EVENT_RETENTION_DAYS is not set: events are kept forever")
-    if retention.timeseries:
-        click.echo("events is a time-series collection: the server expires old events itself")
-        return
-    click.echo(json.dumps({"deleted": retention.purge(store)}))
+# -- app wiring ------------------------------------------------------------------------------
 
 
 def init_app(app: Flask) -> None:
-    """Check the settings (a wrong one stops start-up) and add ``flask retention``."""
+    """Check the settings (a wrong one stops start-up); ``flask retention`` is in rybbit.cli."""
     app.extensions[EXTENSION_KEY] = Settings.from_config(app.config)
-    app.cli.add_command(retention_cli)

@@ -1,0 +1,594 @@
+"""The embedded back end: one SQLite database file through the standard library's sqlite3.
+
+One table per collection, with real columns and indexes for what is looked up or sorted (a
+site's events by time, event ids, key hashes, visitors' sessions by key and last_seen) and the
+document itself as JSON (``codec``). Several gunicorn workers share the file:
+
+- WAL mode, so readers never block the writer nor the writer the readers; every write is one
+  ``BEGIN IMMEDIATE`` transaction (a group commit's events included), so writers queue on
+  SQLite's lock instead of failing half-way.
+- The busy timeout bounds how long a write waits for another process's transaction; past it
+  sqlite3 raises "database is locked", which becomes StoreUnavailable (the contract's 503).
+- No process-wide lock: each thread has its own connection, and an export reads from its own
+  connection and snapshot, so neither listing nor export holds up ingestion.
+- ``synchronous=NORMAL`` (the default; ``EMBEDDED_SYNCHRONOUS``): a commit survives the process
+  being killed at any point; after a power cut or OS crash the last commits may be rolled back.
+  ``FULL`` syncs the WAL at every commit and survives those too, at a price in throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from ..metrics import store_write
+from ..store_errors import DuplicateKey, StoreUnavailable
+from . import codec
+from .base import Doc, EventQuery, SessionExtend, SessionReplace, Storage
+
+log = logging.getLogger(__name__)
+
+FILENAME = "rybbit.sqlite3"
+SCHEMA_VERSION = 1
+# Rows a retention or site deletion removes per transaction: short enough that a waiting
+# writer is not held up for long, large enough to delete quickly.
+DELETE_CHUNK = 2000
+_EXPORT_FETCH = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,          -- codec.id_key(_id): unique, so a repeated event_id is skipped
+    site_id TEXT,
+    ts INTEGER,                -- timestamp, epoch milliseconds
+    type TEXT,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
+CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, ts, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts, id);
+CREATE TABLE IF NOT EXISTS sites (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    deleted_at INTEGER,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sites_seq ON sites (seq);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER,
+    revoked_at INTEGER,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_site ON api_keys (site_id, created_at);
+CREATE TABLE IF NOT EXISTS salts (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,       -- the visitor: "<site_id>:<user_id>"
+    session_id TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_last_seen ON sessions (last_seen);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (id, site_id, ts, type, doc) VALUES (?, ?, ?, ?, ?)"
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """sqlite3's errors as the two outcomes callers handle: a unique key taken (DuplicateKey),
+    or the database not answering in time or not writable (StoreUnavailable)."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise DuplicateKey(str(exc)) from exc
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+        # "database is locked" past the busy timeout, a full disk, an unreadable file...
+        log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+        raise StoreUnavailable(type(exc).__name__) from exc
+
+
+def _ms(value: Any) -> int | None:
+    return codec.to_ms(value) if isinstance(value, datetime) else None
+
+
+def _set_path(doc: Doc, dotted: str, value: Any) -> None:
+    """``$set`` of one field; ``a.b`` reaches into (or creates) the sub-document ``a``."""
+    *parents, last = dotted.split(".")
+    target = doc
+    for name in parents:
+        child = target.get(name)
+        if not isinstance(child, dict):
+            child = target[name] = {}
+        target = child
+    target[last] = value
+
+
+def _event_row(event: Doc) -> tuple[Any, ...]:
+    if "_id" not in event:
+        event["_id"] = ObjectId()  # as pymongo does: the caller sees the id given
+    return (
+        codec.id_key(event["_id"]),
+        event.get("site_id"),
+        _ms(event.get("timestamp")),
+        event.get("type"),
+        codec.dumps(event),
+    )
+
+
+def _site_row(doc: Doc) -> tuple[Any, ...]:
+    return (doc["_id"], int(doc.get("seq", 0)), _ms(doc.get("deleted_at")), codec.dumps(doc))
+
+
+def _key_row(doc: Doc) -> tuple[Any, ...]:
+    return (
+        doc["_id"],
+        doc["site_id"],
+        doc["key_hash"],
+        _ms(doc.get("created_at")),
+        _ms(doc.get("revoked_at")),
+        codec.dumps(doc),
+    )
+
+
+def _session_doc(row: tuple[Any, ...]) -> Doc:
+    return {
+        "_id": row[0],
+        "session_id": row[1],
+        "started_at": codec.from_ms(row[2]),
+        "last_seen": codec.from_ms(row[3]),
+    }
+
+
+def _session_row(doc: Doc) -> tuple[Any, ...]:
+    return (
+        doc["_id"],
+        doc["session_id"],
+        codec.to_ms(doc["started_at"]),
+        codec.to_ms(doc["last_seen"]),
+    )
+
+
+def _events_where(query: EventQuery) -> tuple[str, list[Any], str]:
+    """The WHERE clause and parameters of a query, and its sort direction."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.site_id is not None:
+        clauses.append("site_id = ?")
+        params.append(query.site_id)
+    if query.start is not None:
+        clauses.append("ts >= ?")
+        params.append(codec.to_ms(query.start))
+    if query.end is not None:
+        clauses.append("ts < ?")
+        params.append(codec.to_ms(query.end))
+    if query.event_type is not None:
+        clauses.append("type = ?")
+        params.append(query.event_type)
+    if query.after is not None:
+        stamp, last_id = query.after
+        # A row value comparison: SQLite walks the (site_id, ts, id) index from this point.
+        clauses.append(f"(ts, id) {'<' if query.newest_first else '>'} (?, ?)")
+        params += [codec.to_ms(stamp), codec.id_key(last_id)]
+    direction = "DESC" if query.newest_first else "ASC"
+    return " AND ".join(clauses) or "1", params, direction
+
+
+class SQLiteStorage(Storage):
+    """The storage interface on one SQLite file."""
+
+    embedded = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 2000,
+        synchronous: str = "NORMAL",
+        group_commit_max_events: int = 5000,
+    ) -> None:
+        super().__init__(group_commit_max_events=group_commit_max_events)
+        self.path = path
+        self.busy_timeout = busy_timeout_ms / 1000
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"EMBEDDED_SYNCHRONOUS must be NORMAL or FULL, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    # -- connections and transactions -------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with this store's settings (autocommit: transactions are explicit)."""
+        with translate_errors():
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=64,
+            )
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection: threads never share one, so none waits on another's."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connect()
+        return conn
+
+    @contextlib.contextmanager
+    def op(self) -> Iterator[None]:
+        with translate_errors():
+            yield
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock at once (waiting up to the
+        busy timeout), so a transaction never fails half-way for want of it."""
+        conn = self._conn()
+        with translate_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        with translate_errors():
+            return self._conn().execute(sql, params).fetchall()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        conn = self._conn()
+        with translate_errors():
+            # WAL is a property of the file: set once, kept by every later connection.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("embedded store: journal mode is %s, not WAL", mode)
+        with self._write() as conn:
+            # Statement by statement: executescript would commit the transaction first.
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.retention.ensure(self)
+
+    def ping(self) -> None:
+        self._read("SELECT 1 FROM sites LIMIT 1")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def meta(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    # -- events ------------------------------------------------------------------------------
+
+    @store_write  # metrics: each write's duration, and its errors
+    def insert_events(self, events: list[Doc]) -> None:
+        if not events:
+            return
+        self.retention.prepare_insert(self)  # starts a purge when one is due; never waits
+        rows = [_event_row(event) for event in events]
+        with self._write() as conn:
+            conn.executemany(_INSERT_EVENT, rows)
+
+    def find_events(self, query: EventQuery, limit: int) -> list[Doc]:
+        where, params, direction = _events_where(query)
+        rows = self._read(
+            f"SELECT doc FROM events WHERE {where} ORDER BY ts {direction}, id {direction} LIMIT ?",
+            [*params, limit],
+        )
+        return [codec.loads(doc) for (doc,) in rows]
+
+    def iter_events(self, query: EventQuery) -> Iterator[Doc]:
+        where, params, direction = _events_where(query)
+        sql = f"SELECT doc FROM events WHERE {where} ORDER BY ts {direction}, id {direction}"
+        # Its own connection: one read transaction (a consistent snapshot) for the whole
+        # export, which in WAL mode holds up no writer.
+        conn = self.connect()
+        try:
+            with translate_errors():
+                cursor = conn.execute(sql, params)
+            while True:
+                with translate_errors():
+                    rows = cursor.fetchmany(_EXPORT_FETCH)
+                if not rows:
+                    return
+                for (doc,) in rows:
+                    yield codec.loads(doc)
+        finally:
+            conn.close()
+
+    def count_events(self, site_id: str | None = None) -> int:
+        if site_id is None:
+            return int(self._read("SELECT count(*) FROM events")[0][0])
+        return int(self._read("SELECT count(*) FROM events WHERE site_id = ?", (site_id,))[0][0])
+
+    def _delete_in_chunks(self, where: str, params: tuple[Any, ...]) -> int:
+        """Delete matching events a chunk per transaction, so no writer waits long."""
+        sql = (
+            f"DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE {where} LIMIT "
+            f"{DELETE_CHUNK})"
+        )
+        deleted = 0
+        while True:
+            with self._write() as conn:
+                count = conn.execute(sql, params).rowcount
+            deleted += count
+            if count < DELETE_CHUNK:
+                return deleted
+
+    def delete_site_events(self, site_id: str) -> int:
+        return self._delete_in_chunks("site_id = ?", (site_id,))
+
+    def delete_events_before(self, cutoff: datetime) -> int:
+        return self._delete_in_chunks("ts < ?", (codec.to_ms(cutoff),))
+
+    # -- sites -------------------------------------------------------------------------------
+
+    def last_site_seq(self) -> int:
+        return int(self._read("SELECT coalesce(max(seq), 0) FROM sites")[0][0])
+
+    def insert_site(self, doc: Doc) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO sites (id, seq, deleted_at, doc) VALUES (?, ?, ?, ?)", _site_row(doc)
+            )
+
+    def find_site(self, site_id: str) -> Doc | None:
+        rows = self._read("SELECT doc FROM sites WHERE id = ? AND deleted_at IS NULL", (site_id,))
+        return codec.loads(rows[0][0]) if rows else None
+
+    def list_sites(self) -> list[Doc]:
+        rows = self._read("SELECT doc FROM sites WHERE deleted_at IS NULL ORDER BY seq")
+        return [codec.loads(doc) for (doc,) in rows]
+
+    def update_site(self, site_id: str, fields: Doc) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT doc FROM sites WHERE id = ? AND deleted_at IS NULL", (site_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            doc = codec.loads(row[0])
+            for name, value in fields.items():
+                _set_path(doc, name, value)
+            conn.execute(
+                "UPDATE sites SET id = ?, seq = ?, deleted_at = ?, doc = ? WHERE id = ?",
+                (*_site_row(doc), site_id),
+            )
+        return True
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    def insert_key(self, doc: Doc) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, site_id, key_hash, created_at, revoked_at, doc) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                _key_row(doc),
+            )
+
+    def find_key(self, key_id: str, site_id: str | None = None) -> Doc | None:
+        if site_id is None:
+            rows = self._read("SELECT doc FROM api_keys WHERE id = ?", (key_id,))
+        else:
+            rows = self._read(
+                "SELECT doc FROM api_keys WHERE id = ? AND site_id = ?", (key_id, site_id)
+            )
+        return codec.loads(rows[0][0]) if rows else None
+
+    def find_key_by_hash(self, key_hash: str) -> Doc | None:
+        rows = self._read("SELECT doc FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return codec.loads(rows[0][0]) if rows else None
+
+    def list_keys(self, site_id: str) -> list[Doc]:
+        rows = self._read(
+            "SELECT doc FROM api_keys WHERE site_id = ? ORDER BY created_at, id", (site_id,)
+        )
+        return [codec.loads(doc) for (doc,) in rows]
+
+    def _rewrite_keys(self, conn: sqlite3.Connection, docs: list[Doc]) -> None:
+        conn.executemany(
+            "UPDATE api_keys SET id = ?, site_id = ?, key_hash = ?, created_at = ?, "
+            "revoked_at = ?, doc = ? WHERE id = ?",
+            [(*_key_row(doc), doc["_id"]) for doc in docs],
+        )
+
+    def update_key(
+        self, key_id: str, fields: Doc, *, site_id: str | None = None, live: bool = False
+    ) -> bool:
+        sql = "SELECT doc FROM api_keys WHERE id = ?"
+        params: list[Any] = [key_id]
+        if site_id is not None:
+            sql += " AND site_id = ?"
+            params.append(site_id)
+        if live:
+            sql += " AND revoked_at IS NULL"
+        with self._write() as conn:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return False
+            doc = codec.loads(row[0])
+            for name, value in fields.items():
+                _set_path(doc, name, value)
+            self._rewrite_keys(conn, [doc])
+        return True
+
+    def revoke_site_keys(self, site_id: str, at: datetime) -> int:
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM api_keys WHERE site_id = ? AND revoked_at IS NULL", (site_id,)
+            ).fetchall()
+            docs = [{**codec.loads(doc), "revoked_at": at} for (doc,) in rows]
+            self._rewrite_keys(conn, docs)
+        return len(docs)
+
+    def record_key_uses(self, uses: dict[str, datetime]) -> None:
+        if not uses:
+            return
+        with self._write() as conn:
+            changed = []
+            for key_id, used_at in uses.items():
+                row = conn.execute("SELECT doc FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+                if row is None:
+                    continue
+                doc = codec.loads(row[0])
+                current = doc.get("last_used_at")
+                if current is None or codec.to_ms(current) < codec.to_ms(used_at):
+                    doc["last_used_at"] = used_at
+                    changed.append(doc)
+            self._rewrite_keys(conn, changed)
+
+    # -- identity salts ----------------------------------------------------------------------
+
+    def salt_for_day(self, candidate: Doc, drop_before: datetime) -> Doc:
+        with self._write() as conn:
+            conn.execute("DELETE FROM salts WHERE created_at < ?", (codec.to_ms(drop_before),))
+            conn.execute(
+                "INSERT OR IGNORE INTO salts (id, created_at, doc) VALUES (?, ?, ?)",
+                (candidate["_id"], codec.to_ms(candidate["created_at"]), codec.dumps(candidate)),
+            )
+            row = conn.execute("SELECT doc FROM salts WHERE id = ?", (candidate["_id"],)).fetchone()
+        return codec.loads(row[0])
+
+    def list_salts(self) -> list[Doc]:
+        return [codec.loads(doc) for (doc,) in self._read("SELECT doc FROM salts ORDER BY id")]
+
+    # -- visitor sessions --------------------------------------------------------------------
+
+    def find_sessions(self, keys: list[str]) -> dict[str, Doc]:
+        if not keys:
+            return {}
+        found: dict[str, Doc] = {}
+        # SQLite allows 32,766 parameters; a group takes at most a few thousand visitors.
+        for start in range(0, len(keys), 10_000):
+            chunk = keys[start : start + 10_000]
+            rows = self._read(
+                "SELECT id, session_id, started_at, last_seen FROM sessions "
+                f"WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((row[0], _session_doc(row)) for row in rows)
+        return found
+
+    def insert_sessions(self, docs: list[Doc]) -> set[str]:
+        if not docs:
+            return set()
+        inserted = set()
+        with self._write() as conn:
+            for doc in docs:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO sessions (id, session_id, started_at, last_seen) "
+                    "VALUES (?, ?, ?, ?)",
+                    _session_row(doc),
+                )
+                if cursor.rowcount:
+                    inserted.add(doc["_id"])
+        return inserted
+
+    def update_sessions(self, changes: list[SessionReplace | SessionExtend]) -> bool:
+        if not changes:
+            return True
+        matched = 0
+        with self._write() as conn:
+            for change in changes:
+                if isinstance(change, SessionReplace):
+                    cursor = conn.execute(
+                        "UPDATE sessions SET session_id = ?, started_at = ?, last_seen = ? "
+                        "WHERE id = ? AND session_id = ? AND last_seen < ?",
+                        (
+                            change.new["session_id"],
+                            codec.to_ms(change.new["started_at"]),
+                            codec.to_ms(change.new["last_seen"]),
+                            change.key,
+                            change.session_id,
+                            codec.to_ms(change.ended_before),
+                        ),
+                    )
+                else:
+                    cursor = conn.execute(
+                        "UPDATE sessions SET last_seen = max(last_seen, ?) "
+                        "WHERE id = ? AND session_id = ?",
+                        (codec.to_ms(change.last_seen), change.key, change.session_id),
+                    )
+                matched += cursor.rowcount
+        return matched == len(changes)
+
+    def delete_sessions_before(self, before: datetime) -> int:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM sessions WHERE last_seen < ?", (codec.to_ms(before),)
+            )
+        return int(cursor.rowcount)
+
+    def list_sessions(self) -> list[Doc]:
+        rows = self._read("SELECT id, session_id, started_at, last_seen FROM sessions ORDER BY id")
+        return [_session_doc(row) for row in rows]
+
+    # -- upgrading ---------------------------------------------------------------------------
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def import_documents(self, collection: str, docs: list[Doc]) -> int:
+        """Copy documents of a collection in one transaction, skipping those whose id is
+        stored already (migrations, restores); how many were new."""
+        if not docs:
+            return 0
+        if collection == "events":
+            sql, rows = _INSERT_EVENT, [_event_row(doc) for doc in docs]
+        elif collection == "sites":
+            sql = "INSERT OR IGNORE INTO sites (id, seq, deleted_at, doc) VALUES (?, ?, ?, ?)"
+            rows = [_site_row(doc) for doc in docs]
+        elif collection == "api_keys":
+            sql = (
+                "INSERT OR IGNORE INTO api_keys (id, site_id, key_hash, created_at, revoked_at, "
+                "doc) VALUES (?, ?, ?, ?, ?, ?)"
+            )
+            rows = [_key_row(doc) for doc in docs]
+        elif collection == "salts":
+            sql = "INSERT OR IGNORE INTO salts (id, created_at, doc) VALUES (?, ?, ?)"
+            rows = [(doc["_id"], codec.to_ms(doc["created_at"]), codec.dumps(doc)) for doc in docs]
+        elif collection == "sessions":
+            sql = (
+                "INSERT OR IGNORE INTO sessions (id, session_id, started_at, last_seen) "
+                "VALUES (?, ?, ?, ?)"
+            )
+            rows = [_session_row(doc) for doc in docs]
+        else:
+            raise ValueError(f"unknown collection {collection!r}")
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(sql, rows)
+            return conn.total_changes - before

@@ -174,6 +174,12 @@ def _events_where(query: EventQuery) -> tuple[str, list[Any], str]:
     if query.site_id is not None:
         clauses.append("site_id = ?")
         params.append(query.site_id)
+    if query.after is not None:
+        stamp, last_id = query.after
+        # A row value comparison: SQLite walks the (site_id, ts, id) index from this point
+        # (before the time window's clauses, or SQLite may start from the window's edge).
+        clauses.append(f"(ts, id) {'<' if query.newest_first else '>'} (?, ?)")
+        params += [codec.to_ms(stamp), codec.id_key(last_id)]
     if query.start is not None:
         clauses.append("ts >= ?")
         params.append(codec.to_ms(query.start))
@@ -183,11 +189,6 @@ def _events_where(query: EventQuery) -> tuple[str, list[Any], str]:
     if query.event_type is not None:
         clauses.append("type = ?")
         params.append(query.event_type)
-    if query.after is not None:
-        stamp, last_id = query.after
-        # A row value comparison: SQLite walks the (site_id, ts, id) index from this point.
-        clauses.append(f"(ts, id) {'<' if query.newest_first else '>'} (?, ?)")
-        params += [codec.to_ms(stamp), codec.id_key(last_id)]
     direction = "DESC" if query.newest_first else "ASC"
     return " AND ".join(clauses) or "1", params, direction
 

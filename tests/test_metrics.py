@@ -195,9 +195,9 @@ def test_store_writes_are_timed_and_their_failures_counted(
     after_ok = scrape(client)
     assert changes(before, after_ok, "rybbit_store_write_duration_seconds_count") == {(): 1}
     # A real failing write: the events table goes away under the embedded store.
-    events_file = Path(app.instance_path) / "data" / "rybbit" / "events.collection"
+    events_file = Path(app.instance_path) / "data" / "rybbit.sqlite3"
     with sqlite3.connect(events_file) as con:
-        con.execute("ALTER TABLE documents RENAME TO elsewhere")
+        con.execute("ALTER TABLE events RENAME TO elsewhere")
     assert post().status_code == 503
     body = {"api_key": api_key, "site_id": site["site_id"]}
     batch = client.post("/api/track/batch", json=[body, body, {**body, "user_agent": BOT}])

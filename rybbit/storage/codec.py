@@ -1,24 +1,30 @@
-"""Documents as JSON text for the SQLite store, with the two types JSON lacks.
+"""Documents as JSON for the SQLite store, with the two types JSON lacks.
 
 Datetimes become ``{"$date": <epoch milliseconds>}`` and ObjectIds ``{"$oid": "<hex>"}`` (the
 names of MongoDB's extended JSON), so a document read back equals what MongoDB would hand back:
 UTC-aware datetimes at millisecond precision, as BSON keeps them. A stored key never starts
 with ``$`` (events' ``properties`` are escaped before they are stored), so the tags cannot be
 confused with data.
+
+orjson does the encoding and parsing (several times faster than the standard library's json
+on these documents, and on the write path of every event); the tags are put in through its
+``default`` hook and taken out by a walk over the parsed document.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bson import ObjectId
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=lambda v: _tag(v))
+# Datetimes go to _tag too, rather than out as orjson's RFC 3339 text.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+_CONTAINERS = (dict, list)
 
 
 def to_ms(value: datetime) -> int:
@@ -40,24 +46,31 @@ def _tag(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__}")
 
 
-def _untag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        if "$date" in obj:
-            return from_ms(obj["$date"])
-        if "$oid" in obj:
-            return ObjectId(obj["$oid"])
-    return obj
+def _untag(value: Any) -> Any:
+    """``value`` with tagged dates and ids turned back into datetimes and ObjectIds."""
+    if type(value) is dict:
+        if len(value) == 1:
+            if "$date" in value:
+                return from_ms(value["$date"])
+            if "$oid" in value:
+                return ObjectId(value["$oid"])
+        for key, item in value.items():
+            if type(item) in _CONTAINERS:
+                value[key] = _untag(item)  # same keys: safe while iterating
+    elif type(value) is list:
+        for index, item in enumerate(value):
+            if type(item) in _CONTAINERS:
+                value[index] = _untag(item)
+    return value
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return _encoder.encode(doc)
+    """A document as JSON text (text, not bytes: SQLite's JSON functions refuse BLOBs)."""
+    return orjson.dumps(doc, default=_tag, option=_OPTIONS).decode()
 
 
-_decoder = json.JSONDecoder(object_hook=_untag)
-
-
-def loads(text: str) -> dict[str, Any]:
-    return _decoder.decode(text)  # type: ignore[no-any-return]
+def loads(data: bytes | str) -> dict[str, Any]:
+    return _untag(orjson.loads(data))  # type: ignore[no-any-return]
 
 
 def id_key(value: Any) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bson import ObjectId
 
 from .jsonutil import json_default
@@ -18,6 +18,8 @@ _RENAMED = {"screenWidth": "screen_width", "screenHeight": "screen_height"}
 FUTURE_TOLERANCE = timedelta(hours=1)
 # Never stored: the credential is replaced by the id of the key that was used.
 _NOT_STORED = {"api_key"}
+# Dates through json_default (ISO 8601 with milliseconds and Z), not orjson's own format.
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
 def now_ms() -> datetime:
@@ -66,10 +68,10 @@ def public_event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_to_json(event: dict[str, Any]) -> str:
-    """One event as a JSON line: ``_id`` becomes ``id``, dates ISO 8601 in UTC."""
-    return json.dumps(
-        public_event(event), default=json_default, ensure_ascii=False, separators=(",", ":")
-    )
+    """One event as a JSON line: ``_id`` becomes ``id``, dates ISO 8601 in UTC. orjson writes
+    what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` would, about twice as
+    fast, which is most of an export's time."""
+    return orjson.dumps(public_event(event), default=json_default, option=_JSON_OPTIONS).decode()
 
 
 def encode_cursor(event: dict[str, Any]) -> str:

@@ -383,3 +383,22 @@ def test_the_embedded_store_needs_no_montydb() -> None:
     assert not [r for r in project["dependencies"] if r.startswith("montydb")]
     source = Path(sqlite_backend.__file__).parent
     assert "import montydb" not in "".join(p.read_text() for p in source.glob("*.py"))
+
+
+def test_export_lines_are_what_json_dumps_writes() -> None:
+    import json
+
+    from rybbit.events import event_to_json, public_event
+    from rybbit.jsonutil import json_default
+
+    event = {
+        "_id": ObjectId(),
+        "timestamp": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        "pathname": '/ünïcode/\u2028/"quoted"',
+        "properties": {"n": 1.1, "big": 2**53 + 1, "list": [True, None, {"x": -0.5}]},
+        "screen_width": 390,
+    }
+    expected = json.dumps(
+        public_event(event), default=json_default, ensure_ascii=False, separators=(",", ":")
+    )
+    assert event_to_json(event) == expected

@@ -2,12 +2,15 @@
 
 Detection uses the crawler-user-agents list (maintained upstream and released on PyPI), all of
 its patterns compiled once into a single RE2 expression: ~2 us per user agent, cached per string.
-A site with ``block_bots`` (the default) does not store flagged events.
 
-Which user agent is judged: the body's ``user_agent`` (the visitor's), else the request's
-``User-Agent`` header. In the header case a plain HTTP library (``python-requests``, ``curl``,
-...) is the tracking client itself, calling with a valid API key, not a crawler visiting a page,
-so it is not flagged.
+Which user agent is judged: the body's ``user_agent`` (the visitor's, as the sending server
+reports it). The request's own ``User-Agent`` header is judged only for keyless (browser)
+events: on a keyed request it names the customer's server's HTTP client (WordPress,
+libwww-perl, got, curl, ...), which says nothing about the visitor.
+
+Flagging never drops a keyed event, as in Rybbit, which skips its bot check for requests with
+an API key: the event is stored with ``is_bot`` so that queries can leave it out. A site's
+``block_bots`` drops flagged keyless events only (see rybbit.site_rules).
 """
 
 from __future__ import annotations
@@ -22,31 +25,6 @@ import re2
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
 
 log = logging.getLogger(__name__)
-
-HTTP_LIBRARIES = (
-    "python-requests/",
-    "python-urllib",
-    "python-httpx/",
-    "aiohttp/",
-    "curl/",
-    "wget/",
-    "okhttp/",
-    "go-http-client/",
-    "axios/",
-    "node-fetch",
-    "undici",
-    "java-http-client/",
-    "java/",
-    "apache-httpclient/",
-    "dart/",
-    "ruby",
-    "guzzlehttp/",
-    "php/",
-    "reqwest/",
-    "rest-client/",
-    "faraday",
-    "libcurl",
-)
 
 
 def compile_patterns() -> Any:
@@ -69,10 +47,8 @@ class BotsEnricher(Enricher):
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         ua_string = event.get("user_agent")
-        if not ua_string:
+        if not ua_string and not event.get("api_key_id"):
             ua_string = context.headers.get("User-Agent", "")
-            if ua_string.lower().startswith(HTTP_LIBRARIES):
-                return
         if ua_string and self.is_bot(ua_string):
             event["is_bot"] = True
             event["device_type"] = "Bot"

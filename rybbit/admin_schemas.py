@@ -10,6 +10,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .schemas import EVENT_TYPES, ZNumber, ZString
+from .site_rules import entry_networks
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 _HOSTNAME = re.compile(
@@ -29,16 +30,22 @@ class Domain(ZString):
 
 
 class IpOrNetwork(ZString):
-    """An IP address or a CIDR range, stored in canonical form."""
+    """An IP address, a CIDR network or an inclusive range ``first-last``, stored in canonical
+    form."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs).strip()
         try:
+            if "-" in text:
+                networks = entry_networks(text)
+                return f"{networks[0].network_address}-{networks[-1].broadcast_address}"
             if "/" in text:
                 return str(ipaddress.ip_network(text, strict=False))
             return str(ipaddress.ip_address(text))
         except ValueError:
-            raise ValidationError("Invalid IP address or CIDR range") from None
+            raise ValidationError(
+                "Invalid IP address, CIDR range or address range (first-last)"
+            ) from None
 
 
 class CountryCode(ZString):

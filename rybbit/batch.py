@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import metrics, ratelimit
+from . import credentials, metrics, ratelimit
 from .enrichment import EnrichmentContext
 from .errors import ApiError, InvalidPayload
 from .payloads import load, read_json
@@ -67,6 +67,7 @@ def _failure(index: int, exc: ApiError) -> dict[str, Any]:
 @bp.post("/api/track/batch")
 def track_batch() -> ResponseReturnValue:
     items = _items(read_json())
+    bearer = credentials.bearer_key()  # the key of every item that names none
     store = get_store()
     results: list[dict[str, Any]] = [{} for _ in items]
     to_enrich: list[_Enriching] = []
@@ -77,8 +78,8 @@ def track_batch() -> ResponseReturnValue:
         try:
             if not isinstance(item, dict):
                 raise InvalidPayload(form_errors=[f"Expected object, received {js_type(item)}"])
-            payload = load(_schema, item)
-            site, key = authenticate(store, payload)
+            payload = load(_schema, credentials.with_bearer_key(item, bearer))
+            site, key = authenticate(store, payload, bearer)
             if key["_id"] not in allowed:
                 allowed[key["_id"]] = ratelimit.spend(key["_id"], site["_id"])
             if not allowed[key["_id"]]:

@@ -98,8 +98,10 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_MAX_CONTENT_LENGTH": 512 * 1024,
     # Group commit: most events one store write takes from concurrent requests.
     "GROUP_COMMIT_MAX_EVENTS": 5000,
-    # Request bodies above this size get a 413 before they are parsed.
-    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Request bodies above this size get a 413 before they are parsed. 1 MiB is Rybbit's own
+    # cap (Fastify's default body limit), so every event Rybbit accepts fits; a gzip body's
+    # inflated size has the same cap.
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
 }
 
 

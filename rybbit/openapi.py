@@ -236,10 +236,20 @@ def build_spec() -> dict[str, Any]:
     ):
         spec.components.schema(schema.__name__, schema=schema)
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "apiKey",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A site's API key (rb_...), instead of or as well as the body's "
+            "api_key (then both must be the same key)",
+        },
+    )
 
     track = {
         "summary": "Track one event",
         "tags": ["tracking"],
+        "security": [{}, {"apiKey": []}],  # the key may be in the body instead
         "requestBody": _json_body("TrackEventSchema"),
         "responses": {
             "200": _reply("Stored (or filtered out, with a message)", "Success"),
@@ -270,6 +280,7 @@ def build_spec() -> dict[str, Any]:
             "post": {
                 "summary": "Track up to 500 events; per-item results",
                 "tags": ["tracking"],
+                "security": [{}, {"apiKey": []}],
                 "requestBody": _json_body({"oneOf": [events, wrapped]}),
                 "responses": {
                     "200": _reply("Per-item outcomes; valid items are stored", "BatchResult"),

@@ -14,7 +14,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
+import ada_url
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validates_schema,
+)
 
 from .errors import InvalidPayload
 
@@ -28,7 +37,16 @@ SCREEN_MAX = 65535
 PROPERTIES_MAX_DEPTH = 32
 _INT64 = 2**63
 CLIENT_TIME_MAX_AGE = timedelta(hours=72)
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_NUMERIC_SITE_ID = re.compile(r"[0-9]+")
+# JavaScript's String.prototype.trim() removes these (WhiteSpace and LineTerminator); Python's
+# str.strip() differs (it keeps U+FEFF and strips U+001C-U+001F).
+_JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+DISCRIMINATOR_MESSAGE = "Invalid discriminator value. Expected " + " | ".join(
+    f"'{t}'" for t in EVENT_TYPES
+)
 
 
 def js_type(value: Any) -> str:
@@ -49,6 +67,19 @@ def js_type(value: Any) -> str:
 def js_length(text: str) -> int:
     """JavaScript's ``.length``, which zod's limits count: UTF-16 units (an emoji is two)."""
     return len(text) if text.isascii() else len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def js_truthy(value: Any) -> bool:
+    """JavaScript's truthiness of a JSON value (Rybbit checks some properties only if truthy)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float | str):
+        return bool(value)  # 0, -0.0 and "" are falsy; JSON has no NaN
+    return True  # objects and arrays, even empty ones
+
+
+def js_trim(text: str) -> str:
+    return text.strip(_JS_WHITESPACE)
 
 
 def too_long(limit: int) -> str:
@@ -103,14 +134,16 @@ class ZString(_ZodField):
 
 
 class SiteId(ZString):
-    """A site id: a string, or a JSON integer that typed clients send for numeric ids."""
+    """A site id: a string, or a JSON integer that typed clients send for numeric ids. Digits
+    name the site of that number, as in Rybbit ("01" is site 1)."""
 
     expected = "string"
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
-        return super()._deserialize(value, attr, data, **kwargs)
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return str(int(text)) if _NUMERIC_SITE_ID.fullmatch(text) else text
 
 
 class IpAddress(ZString):
@@ -144,26 +177,35 @@ class ZNumber(_ZodField):
         self.minimum = minimum
         self.maximum = maximum
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float | int:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> float | int | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.wrong_type(value)
         try:
             as_float = float(value)
         except OverflowError:
-            as_float = math.inf
+            as_float = math.copysign(math.inf, value)
+        # zod runs every check of the chain and reports each failure, in the chain's order.
+        errors = []
+        if self.integer and not as_float.is_integer():  # inf is not an integer either
+            errors.append("Expected integer, received float")
+        if self.positive and not as_float > 0:
+            errors.append("Number must be greater than 0")
+        if self.minimum is not None and not as_float >= self.minimum:
+            errors.append(f"Number must be greater than or equal to {self.minimum}")
+        if errors:
+            raise ValidationError(errors)
         if not math.isfinite(as_float):
-            raise ValidationError("Number must be finite")
+            # zod accepts Infinity (1e400 in JSON), and Rybbit stores it as JSON null.
+            if not self.allow_none:
+                raise ValidationError("Number must be finite")
+            return None
         if self.integer:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValidationError("Expected integer, received float")
-                value = int(value)
+            value = int(value)
         elif isinstance(value, int) and not -_INT64 <= value < _INT64:
             value = as_float  # BSON integers are 64-bit; keep the magnitude as a double
-        if self.positive and value <= 0:
-            raise ValidationError("Number must be greater than 0")
-        if self.minimum is not None and value < self.minimum:
-            raise ValidationError(f"Number must be greater than or equal to {self.minimum}")
+        # Our own bound (not zod's): checked only once zod's checks pass.
         if self.maximum is not None and value > self.maximum:
             raise ValidationError(f"Number must be less than or equal to {self.maximum}")
         return value
@@ -195,6 +237,11 @@ class ClientTime(_ZodField):
 class ParsedJSON(NamedTuple):
     raw_length: int
     value: Any
+
+
+# The value of a ``properties`` string that is not JSON at all: each event type decides what
+# that means (pageviews drop such properties, as Rybbit does; custom events are refused).
+NOT_JSON = object()
 
 
 def safe_key(key: str) -> str:
@@ -257,15 +304,19 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class JSONString(ZString):
-    """A string holding JSON; deserialises to the parsed value and the raw length."""
+    """A string holding JSON; deserialises to the parsed value (``NOT_JSON`` if it does not
+    parse) and the raw length. JSON that parses but cannot be stored is refused here."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> ParsedJSON:
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
-            parsed = _check_json_value(loads_strict(text))
+            parsed = loads_strict(text)
+        except (ValueError, RecursionError):
+            return ParsedJSON(js_length(text), NOT_JSON)
+        try:
+            return ParsedJSON(js_length(text), _check_json_value(parsed))
         except (ValueError, RecursionError):
             raise ValidationError("Properties must be a valid JSON string") from None
-        return ParsedJSON(js_length(text), parsed)
 
 
 class TrackEventSchema(Schema):
@@ -299,6 +350,13 @@ class TrackEventSchema(Schema):
     event_id = ZString(min_length=1, max_length=64)
     timestamp = ClientTime()
 
+    @pre_load
+    def _check_discriminator(self, data: Any, **kwargs: Any) -> Any:
+        """An unknown ``type`` is the only error reported, as zod's discriminated union does."""
+        if isinstance(data, dict) and "type" in data and data["type"] not in EVENT_TYPES:
+            raise ValidationError(DISCRIMINATOR_MESSAGE, "type")
+        return data
+
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_type_rules(
         self, data: dict[str, Any], original: dict[str, Any], **kwargs: Any
@@ -306,17 +364,24 @@ class TrackEventSchema(Schema):
         event_type = data.get("type")
         if event_type is None:
             return  # the field itself failed and says why
-        if event_type not in EVENT_TYPES:
-            expected = " | ".join(f"'{t}'" for t in EVENT_TYPES)
-            raise ValidationError(f"Invalid discriminator value. Expected {expected}", "type")
         errors = _type_rule_errors(event_type, data, original)
         if errors:
             raise ValidationError(errors)
 
     @post_load
-    def _unwrap_properties(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def _as_rybbit_stores_it(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Properties as their parsed value, dropped when they are not JSON (only pageview and
+        performance events get here with such properties); ``user_id`` trimmed as Rybbit does,
+        and dropped when nothing is left (all-blank ids would otherwise be one visitor)."""
         if "properties" in data:
-            data["properties"] = data["properties"].value
+            if data["properties"].value is NOT_JSON:
+                del data["properties"]
+            else:
+                data["properties"] = data["properties"].value
+        if "user_id" in data:
+            data["user_id"] = js_trim(data["user_id"])
+            if not data["user_id"]:
+                del data["user_id"]
         return data
 
 
@@ -353,6 +418,9 @@ def _type_rule_errors(
         add("properties", "Required")
     elif props is None:
         pass  # invalid, and its field said why
+    elif event_type == "custom_event":
+        if props.value is NOT_JSON:
+            add("properties", "Properties must be a valid JSON string")
     elif event_type == "outbound":
         if not _is_outbound(props.value):
             add(
@@ -371,25 +439,30 @@ def _type_rule_errors(
 
 
 def _is_outbound(value: Any) -> bool:
+    """Rybbit's outbound rule: a non-empty ``url`` that the WHATWG URL parser (the one behind
+    JavaScript's ``new URL``) accepts; ``text`` and ``target`` are checked only if truthy."""
     if not isinstance(value, dict):
         return False
     url = value.get("url")
-    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+    if not isinstance(url, str) or not url or not ada_url.check_url(url):
         return False
-    scheme, sep, _ = url.partition(":")
-    if not sep or not _URL_SCHEME.fullmatch(scheme):
-        return False
-    return all(isinstance(value.get(k, ""), str) for k in ("text", "target"))
+    return _truthy_ones_are(value, ("text", "target"), str)
 
 
 def _is_error(value: Any) -> bool:
+    """Rybbit's error rule: ``message`` a string; the others checked only if truthy."""
     if not isinstance(value, dict) or not isinstance(value.get("message"), str):
         return False
-    if not all(isinstance(value.get(k, ""), str) for k in ("stack", "fileName")):
-        return False
+    return _truthy_ones_are(value, ("stack", "fileName"), str) and _truthy_ones_are(
+        value, ("lineNumber", "columnNumber"), int | float
+    )
+
+
+def _truthy_ones_are(value: dict[str, Any], names: tuple[str, ...], kind: Any) -> bool:
     return all(
-        k not in value or (isinstance(value[k], int | float) and not isinstance(value[k], bool))
-        for k in ("lineNumber", "columnNumber")
+        not js_truthy(value.get(name))
+        or (isinstance(value[name], kind) and not isinstance(value[name], bool))
+        for name in names
     )
 
 
@@ -401,6 +474,8 @@ def validation_error_to_invalid_payload(
     Nested errors are keyed by their dotted path (``settings.excluded_ips.0``).
     """
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    if messages == {"type": [DISCRIMINATOR_MESSAGE]}:
+        return InvalidPayload({"type": [DISCRIMINATOR_MESSAGE]}, [])  # zod stops right there
     known = {f.data_key or name for name, f in schema.fields.items()}
     field_errors: dict[str, list[str]] = {}
     form_errors: list[str] = list(messages.get("_schema", []))

@@ -14,7 +14,22 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @lru_cache(maxsize=1024)
 def _networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
     # Settings are read per request; parsing each distinct list once keeps that cheap.
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    return tuple(net for entry in entries for net in entry_networks(entry))
+
+
+def entry_networks(entry: str) -> list[IpNetwork]:
+    """The networks an excluded-IP entry covers: an address, a CIDR network, or an inclusive
+    range ``first-last`` (as Rybbit's ``excludedIPs`` takes them). ValueError otherwise."""
+    first_text, dash, last_text = entry.partition("-")
+    if not dash:
+        return [ipaddress.ip_network(entry.strip(), strict=False)]
+    first = ipaddress.ip_address(first_text.strip())
+    last = ipaddress.ip_address(last_text.strip())
+    if first.version != last.version:
+        raise ValueError("a range's ends must both be IPv4 or both IPv6")
+    if first > last:  # type: ignore[operator]
+        raise ValueError("a range must start at its lower end")
+    return list(ipaddress.summarize_address_range(first, last))  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=4096)
@@ -38,7 +53,9 @@ def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:
 def exclusion_reason(settings: dict[str, Any], event: dict[str, Any]) -> str | None:
     """Why the site does not want this enriched event (Rybbit's wording), or None to keep it.
     (Excluded IPs are checked before enrichment, see ``ip_excluded``.)"""
-    if settings.get("block_bots") and event.get("is_bot"):
+    # Keyed events come from the customer's own server and are never dropped as bots (as in
+    # Rybbit); they keep their is_bot flag. block_bots is for keyless (browser) traffic.
+    if settings.get("block_bots") and event.get("is_bot") and not event.get("api_key_id"):
         return "bot detected"
     country = event.get("country")
     if country and country in settings.get("excluded_countries", []):

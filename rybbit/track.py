@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import keys, metrics, request_log, site_rules, sites
+from . import credentials, keys, metrics, request_log, site_rules, sites
 from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
@@ -25,14 +25,18 @@ _schema = TrackEventSchema()
 USAGE_KEY = "rybbit.key_usage"
 
 
-def authenticate(store: Store, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The site and the key document for a validated payload; 404 or 403 ApiError otherwise.
-    Both come through the process's lookup cache (see lookup_cache for the staleness bound)."""
+def authenticate(
+    store: Store, payload: dict[str, Any], bearer: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The site and the key document for a validated payload (and the request's Bearer key, if
+    any); 404 or 403 ApiError otherwise. Both come through the process's lookup cache (see
+    lookup_cache for the staleness bound)."""
     cache = lookup_cache()
     site_id, api_key = payload["site_id"], payload["api_key"]
     site = cache.get(("site", site_id), lambda: sites.find_site(store, site_id))
     if site is None:
         raise ApiError(404, "Site not found")
+    credentials.check_agreement(payload, bearer)
     key = cache.get(("key", api_key), lambda: keys.find_key(store, api_key))
     key = keys.check_key(key, site_id)
     request_log.note_key(site, key)
@@ -92,9 +96,10 @@ def _validate_and_authenticate() -> None:
     """Reject bad requests before the rate limit is checked, so they spend no key's budget."""
     if request.method == "OPTIONS":
         return  # a CORS preflight carries no event
-    payload = load(_schema, read_json_object())
+    bearer = credentials.bearer_key()
+    payload = load(_schema, credentials.with_bearer_key(read_json_object(), bearer))
     g.payload = payload  # set first: metrics and the request log read it on a 403 or 404 too
-    g.site, g.api_key = authenticate(get_store(), payload)
+    g.site, g.api_key = authenticate(get_store(), payload, bearer)
 
 
 @bp.post("/api/track")
@@ -123,7 +128,7 @@ def init_app(app: Flask) -> None:
     cors_policy = {
         "origins": "*",
         "methods": ["POST", "OPTIONS"],
-        "allow_headers": ["Content-Type", "Content-Encoding"],
+        "allow_headers": ["Content-Type", "Content-Encoding", "Authorization"],
         "max_age": 86400,
     }
     cors.init_app(

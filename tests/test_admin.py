@@ -155,7 +155,7 @@ class TestSites:
                     "settings": {"excluded_ips": ["10.0.0.0/8", "nope"]},
                 },
                 "settings.excluded_ips.1",
-                "Invalid IP address or CIDR range",
+                "Invalid IP address, CIDR range or address range (first-last)",
             ),
             (
                 {"name": "x", "domain": "a.example", "settings": {"excluded_countries": ["USA"]}},
@@ -306,7 +306,6 @@ class TestSettingsOnTrack:
         ("field", "value", "setting", "reason"),
         [
             ("country", "DE", {"excluded_countries": ["DE"]}, "country excluded"),
-            ("is_bot", True, {"block_bots": True}, "bot detected"),
         ],
     )
     def test_enrichment_driven_exclusions(

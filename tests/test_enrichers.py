@@ -566,30 +566,53 @@ def test_device_classification_is_user_agents_own() -> None:
 
 
 class TestBots:
-    def test_bots_are_not_stored_by_default(self, post: Any, stored_events: Any) -> None:
-        response = post(
-            user_agent="Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
-        )
-        assert response.get_json() == {
-            "success": True,
-            "message": "Event not tracked - bot detected",
-        }
-        assert (
-            post(user_agent="curl/8.5.0").get_json()["message"]
-            == "Event not tracked - bot detected"
-        )
-        assert stored_events() == []
+    @pytest.mark.parametrize(
+        "user_agent",
+        [
+            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+            "curl/8.5.0",
+            "python-requests/2.31",
+            "Go-http-client/1.1",
+        ],
+    )
+    def test_keyed_bot_events_are_stored_and_flagged_even_with_block_bots(
+        self, post: Any, site: dict[str, Any], stored_events: Any, user_agent: str
+    ) -> None:
+        """Rybbit skips its bot check for requests with an API key: they come from the
+        customer's own server. The event is kept, flagged so that queries can leave it out."""
+        assert site["settings"]["block_bots"] is True
+        assert post(user_agent=user_agent).get_json() == {"success": True}
+        event = last_event(stored_events)
+        assert event["is_bot"] is True and event["user_agent"] == user_agent
 
-    def test_http_library_calling_with_a_key_is_not_a_bot(
-        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "WordPress/6.5.3; https://blog.example.com",
+            "libwww-perl/6.72",
+            "got (https://github.com/sindresorhus/got)",
+            "HTTPie/3.2.2",
+            "python-requests/2.31.0",
+            "curl/8.5.0",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        ],
+    )
+    def test_the_sending_servers_own_client_never_makes_a_bot(
+        self,
+        client: FlaskClient,
+        site: dict[str, Any],
+        api_key: str,
+        stored_events: Any,
+        header: str,
     ) -> None:
         response = client.post(
             "/api/track",
-            json={"api_key": api_key, "site_id": site["site_id"]},
-            headers={"User-Agent": "python-requests/2.31.0"},
+            json={"api_key": api_key, "site_id": site["site_id"], "pathname": "/wp"},
+            headers={"User-Agent": header},
         )
         assert response.get_json() == {"success": True}
-        assert "is_bot" not in last_event(stored_events)
+        event = last_event(stored_events)
+        assert event["pathname"] == "/wp" and "is_bot" not in event
 
     def test_with_block_bots_off_bots_are_stored_and_flagged(
         self, app: Flask, post: Any, site: dict[str, Any], stored_events: Any

@@ -299,6 +299,11 @@ class SQLiteStorage(Storage):
             return
         self.retention.prepare_insert(self)  # starts a purge when one is due; never waits
         rows = [_event_row(event) for event in events]
+        if len(rows) == 1:
+            # One statement is one transaction already: no BEGIN and COMMIT round.
+            with translate_errors():
+                self._conn().execute(_INSERT_EVENT, rows[0])
+            return
         with self._write() as conn:
             conn.executemany(_INSERT_EVENT, rows)
 

@@ -262,7 +262,7 @@ def test_deletions_go_in_small_transactions(
     conn = store._conn()
     conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
     assert store.delete_events_before(old + timedelta(days=1)) == 120
-    assert len(commits) == 13, "ten rows a transaction"
+    assert len(commits) >= 12, "at most ten rows a transaction"
     assert store.delete_site_events("1") == 5
     assert store.count_events() == 0
 

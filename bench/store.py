@@ -89,7 +89,7 @@ def bench_batches(store: SQLiteStorage, docs: list[dict[str, Any]]) -> None:
     took = marks[-1] - started
     cpu = time.process_time() - cpu
     fifth = max(1, len(marks) // 5)
-    last = marks[-1] - marks[-fifth - 1]
+    last = marks[-1] - (marks[-fifth - 1] if len(marks) > fifth else started)
     print(f"batches of {size:<4}  {len(docs):>9,} events  {rate(len(docs), took, cpu)}", flush=True)
     print(
         f"  last fifth (table at {len(docs) * 4 // 5:,}+)  {rate(fifth * size, last)}", flush=True
@@ -142,16 +142,25 @@ def bench_export(store: SQLiteStorage, total: int, docs: list[dict[str, Any]]) -
             store.insert_events(chunk[start : start + 500])
         have += len(chunk)
     print(f"  (filled site 2 to {total:,} events in {time.perf_counter() - started:.0f} s)")
-    started = time.perf_counter()
-    size = 0
-    count = 0
-    for event in store.iter_events(EventQuery(site_id="2", newest_first=False)):
-        size += len(event_to_json(event)) + 1
-        count += 1
-    took = time.perf_counter() - started
-    print(
-        f"NDJSON export of {count:,} events  {rate(count, took)}  {size / 1e6:.0f} MB", flush=True
-    )
+    query = EventQuery(site_id="2", newest_first=False)
+    ways = {
+        "export_lines (as the API and CLI export)": store.iter_event_lines(query, event_to_json),
+        "iter_events + event_to_json": (event_to_json(e) for e in store.iter_events(query)),
+    }
+    for label, lines in ways.items():
+        cpu = time.process_time()
+        started = time.perf_counter()
+        size = count = 0
+        for line in lines:
+            size += len(line) + 1
+            count += 1
+        took = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        print(
+            f"NDJSON export of {count:,} events, {label}  {rate(count, took, cpu)}  "
+            f"{size / 1e6:.0f} MB",
+            flush=True,
+        )
     for label, newest_first in (("oldest", False), ("newest", True)):
         first = query_events(store, "2", limit=100, newest_first=newest_first)
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from .admin_schemas import (
     SiteUpdateSchema,
 )
 from .errors import ApiError
-from .events import encode_cursor, event_to_json, iter_events, public_event, query_events
+from .events import encode_cursor, export_lines, public_event, query_events
 from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import plugin_reports
@@ -168,8 +168,8 @@ def list_events(site_id: str) -> ResponseReturnValue:
     ):
 
         def lines() -> Iterator[str]:
-            for event in iter_events(store, site_id, **filters):
-                yield event_to_json(event) + "\n"
+            for line in export_lines(store, site_id, **filters):
+                yield line + "\n"
 
         return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
 

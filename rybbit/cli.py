@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import geoip_update, keys, sites
-from .events import event_to_json, iter_events
+from .events import export_lines
 from .jsonutil import json_default
 from .storage import get_store
 
@@ -48,8 +48,8 @@ def create_key_command(site_id: str, name: str | None) -> None:
 @click.argument("site_id")
 def export_events_command(site_id: str) -> None:
     """Print SITE_ID's stored events as NDJSON, oldest first."""
-    for event in iter_events(get_store(), site_id, newest_first=False):
-        click.echo(event_to_json(event))
+    for line in export_lines(get_store(), site_id, newest_first=False):
+        click.echo(line)
 
 
 @geoip_cli.command("update")

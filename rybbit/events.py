@@ -115,3 +115,8 @@ def query_events(
 def iter_events(store: Storage, site_id: str, **filters: Any) -> Iterator[dict[str, Any]]:
     """Every matching event, streamed from one store cursor (exports)."""
     return store.iter_events(event_query(site_id, **filters))
+
+
+def export_lines(store: Storage, site_id: str, **filters: Any) -> Iterator[str]:
+    """Every matching event as an NDJSON line (``event_to_json``, without the newline)."""
+    return store.iter_event_lines(event_query(site_id, **filters), event_to_json)

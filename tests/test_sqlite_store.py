@@ -402,3 +402,51 @@ def test_export_lines_are_what_json_dumps_writes() -> None:
         public_event(event), default=json_default, ensure_ascii=False, separators=(",", ":")
     )
     assert event_to_json(event) == expected
+
+
+def test_export_lines_from_stored_text_equal_event_to_json(tmp_path: Path) -> None:
+    from rybbit.events import event_to_json
+
+    store = open_store(tmp_path / "x.sqlite3")
+    at = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+    store.insert_events(
+        [
+            event(n=1),  # an ObjectId made by the store
+            event(n=2, _id=idempotent_id("1", "e-2")),  # an event_id's ObjectId
+            event(n=3, _id='text-id \u00e9 "q"'),
+            event(n=4, _id=42),  # another kind of id: kept inside the JSON
+            event(
+                n=5,
+                properties={"_id": "not the id", "when": at, "ref": ObjectId(), "list": [at]},
+                page_title='\u2028 ünï \\ {"$date":1}',
+            ),
+        ]
+    )
+    query = EventQuery(site_id="1", newest_first=False)
+    lines = list(store.iter_event_lines(query, event_to_json))
+    assert lines == [event_to_json(e) for e in store.iter_events(query)]
+    assert len(lines) == 5
+    assert '"when":"2026-03-04T05:06:07.891Z"' in lines[4]
+    assert '"page_title":"\u2028 ünï \\\\ {\\"$date\\":1}"' in lines[4]
+    assert lines[3].endswith('"id":42}') and lines[2].endswith('"id":"text-id é \\"q\\""}')
+
+
+@pytest.mark.parametrize(
+    "millis",
+    [
+        0,
+        -1,
+        -1500,
+        999,
+        1_796_225_360_095,
+        253_402_300_799_999,
+        -30_610_224_000_001,
+        -62135596800000,
+    ],
+)
+def test_export_dates_are_written_as_json_default_writes_them(millis: int) -> None:
+    from rybbit.jsonutil import json_default
+
+    match = sqlite_backend._DATE_TAG.match('{"$date":%d}' % millis)
+    assert match is not None
+    assert sqlite_backend._iso(match) == f'"{json_default(codec.from_ms(millis))}"'

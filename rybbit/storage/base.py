@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,6 +108,12 @@ class Storage(ABC):
     @abstractmethod
     def iter_events(self, query: EventQuery) -> Iterator[Doc]:
         """Every matching event, streamed from one cursor (exports)."""
+
+    def iter_event_lines(self, query: EventQuery, to_json: Callable[[Doc], str]) -> Iterator[str]:
+        """``to_json`` of every matching event (NDJSON exports); a back end may produce the
+        same lines more cheaply from what it stores."""
+        for event in self.iter_events(query):
+            yield to_json(event)
 
     @abstractmethod
     def count_events(self, site_id: str | None = None) -> int: ...

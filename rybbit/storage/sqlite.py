@@ -24,16 +24,20 @@ document itself as JSON (``codec``). Several gunicorn workers share the file:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 from bson import ObjectId
 
+from ..jsonutil import json_default
 from ..metrics import store_write
 from ..store_errors import DuplicateKey, StoreUnavailable
 from . import codec
@@ -104,6 +108,13 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Ids the id column can give back (codec.id_key): ObjectIds and text.
+_ID_TYPES_IN_COLUMN = (ObjectId, str)
+# Tags (codec) as they appear in stored JSON text. No JSON string can hold these sequences
+# (its quotes would be escaped), and stored keys never start with "$", so they are tags.
+_DATE_TAG = re.compile(r'\{"\$date":(-?\d+)\}')
+_OID_TAG = re.compile(r'\{"\$oid":"([0-9a-f]{24})"\}')
+
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (id, site_id, ts, type, keyed, doc) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -146,14 +157,62 @@ def _event_row(event: Doc, *, keyed: bool = False) -> tuple[Any, ...]:
         event["_id"] = ObjectId()  # as pymongo does: the caller sees the id given
     else:
         keyed = True
+    event_id = event["_id"]
+    # The id column gives back an ObjectId or text id (_event_doc), so the JSON leaves it out:
+    # that lets an export write the stored JSON nearly as it is (iter_event_lines).
+    if type(event_id) in _ID_TYPES_IN_COLUMN:
+        body = {name: value for name, value in event.items() if name != "_id"}
+    else:
+        body = event
     return (
-        codec.id_key(event["_id"]),
+        codec.id_key(event_id),
         event.get("site_id"),
         _ms(event.get("timestamp")),
         event.get("type"),
         1 if keyed else None,
-        codec.dumps(event),
+        codec.dumps(body),
     )
+
+
+def _event_doc(key: str, text: str) -> Doc:
+    """An event read back: its JSON, and its ``_id`` from the id column (_event_row)."""
+    doc = codec.loads(text)
+    if "_id" not in doc:
+        doc["_id"] = key[2:] if key.startswith("s:") else ObjectId(key)
+    return doc
+
+
+# Seconds since the epoch of years 1000 to 9999, which strftime writes as isoformat does.
+_PLAIN_YEARS = range(-30_610_224_000, 253_402_300_800)
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def _iso(match: re.Match[str]) -> str:
+    """A tagged date as json_default writes it (``2026-01-02T03:04:05.678Z``), quoted. Events
+    of an export fall in few distinct seconds, so the text of each second is made once."""
+    millis = int(match.group(1))
+    second, rest = divmod(millis, 1000)
+    if second not in _PLAIN_YEARS:
+        return f'"{json_default(codec.from_ms(millis))}"'
+    return f'"{_second_text(second)}.{rest:03d}Z"'
+
+
+def _export_line(key: str, text: str, to_json: Callable[[Doc], str]) -> str:
+    """``to_json`` of the event, made from its stored JSON as text, which gives the same line
+    (tested) several times faster: tagged dates and ObjectIds written as the service writes
+    them, and the id last, where ``public_event`` puts it."""
+    if key.startswith("s:"):
+        public_id = orjson.dumps(key[2:]).decode()
+    elif ":" not in key:  # an ObjectId's hex digits
+        public_id = f'"{key}"'
+    else:  # an id of another kind, kept inside the JSON: the long way
+        return to_json(_event_doc(key, text))
+    body = _OID_TAG.sub(r'"\1"', _DATE_TAG.sub(_iso, text))
+    return ("{" if body == "{}" else body[:-1] + ",") + '"id":' + public_id + "}"
 
 
 def _site_row(doc: Doc) -> tuple[Any, ...]:
@@ -362,14 +421,15 @@ class SQLiteStorage(Storage):
     def find_events(self, query: EventQuery, limit: int) -> list[Doc]:
         where, params, direction = _events_where(query)
         rows = self._read(
-            f"SELECT doc FROM events WHERE {where} ORDER BY ts {direction}, id {direction} LIMIT ?",
+            f"SELECT id, doc FROM events WHERE {where} "
+            f"ORDER BY ts {direction}, id {direction} LIMIT ?",
             [*params, limit],
         )
-        return [codec.loads(doc) for (doc,) in rows]
+        return [_event_doc(key, doc) for key, doc in rows]
 
-    def iter_events(self, query: EventQuery) -> Iterator[Doc]:
+    def _event_rows(self, query: EventQuery) -> Iterator[tuple[str, str]]:
         where, params, direction = _events_where(query)
-        sql = f"SELECT doc FROM events WHERE {where} ORDER BY ts {direction}, id {direction}"
+        sql = f"SELECT id, doc FROM events WHERE {where} ORDER BY ts {direction}, id {direction}"
         # Its own connection: one read transaction (a consistent snapshot) for the whole
         # export, which in WAL mode holds up no writer.
         conn = self.connect()
@@ -381,10 +441,17 @@ class SQLiteStorage(Storage):
                     rows = cursor.fetchmany(_EXPORT_FETCH)
                 if not rows:
                     return
-                for (doc,) in rows:
-                    yield codec.loads(doc)
+                yield from rows
         finally:
             conn.close()
+
+    def iter_events(self, query: EventQuery) -> Iterator[Doc]:
+        for key, doc in self._event_rows(query):
+            yield _event_doc(key, doc)
+
+    def iter_event_lines(self, query: EventQuery, to_json: Callable[[Doc], str]) -> Iterator[str]:
+        for key, doc in self._event_rows(query):
+            yield _export_line(key, doc, to_json)
 
     def count_events(self, site_id: str | None = None) -> int:
         if site_id is None:

@@ -447,6 +447,6 @@ def test_export_lines_from_stored_text_equal_event_to_json(tmp_path: Path) -> No
 def test_export_dates_are_written_as_json_default_writes_them(millis: int) -> None:
     from rybbit.jsonutil import json_default
 
-    match = sqlite_backend._DATE_TAG.match('{"$date":%d}' % millis)
+    match = sqlite_backend._DATE_TAG.match(f'{{"$date":{millis}}}')
     assert match is not None
     assert sqlite_backend._iso(match) == f'"{json_default(codec.from_ms(millis))}"'

@@ -145,6 +145,14 @@ class Storage(ABC):
         """Live sites in the order of their numbers."""
 
     @abstractmethod
+    def find_deleted_site(self, site_id: str) -> Doc | None:
+        """The site with this id if it was deleted (its tombstone)."""
+
+    @abstractmethod
+    def list_deleted_sites(self) -> list[Doc]:
+        """Deleted sites in the order of their numbers."""
+
+    @abstractmethod
     def update_site(self, site_id: str, fields: Doc) -> bool:
         """Set fields (dotted names reach into sub-documents) of a live site; False if none."""
 
@@ -183,6 +191,10 @@ class Storage(ABC):
     def salt_for_day(self, candidate: Doc, drop_before: datetime) -> Doc:
         """Delete salts made before ``drop_before``, then the stored salt of the candidate's
         day (``_id``): the candidate, inserted, unless another process stored one first."""
+
+    @abstractmethod
+    def delete_salts_before(self, day: str) -> int:
+        """Delete the salts of days (``_id``, ``YYYY-MM-DD``) before ``day``; how many."""
 
     @abstractmethod
     def list_salts(self) -> list[Doc]: ...

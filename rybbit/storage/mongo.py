@@ -230,6 +230,15 @@ class MongoStorage(Storage):
         with self.op():
             return list(self.sites.find(_LIVE).sort("seq", 1))
 
+    def find_deleted_site(self, site_id: str) -> Doc | None:
+        with self.op():
+            found = self.sites.find_one({"_id": site_id, "deleted_at": {"$ne": None}})
+        return found  # type: ignore[no-any-return]
+
+    def list_deleted_sites(self) -> list[Doc]:
+        with self.op():
+            return list(self.sites.find({"deleted_at": {"$ne": None}}).sort("seq", 1))
+
     def update_site(self, site_id: str, fields: Doc) -> bool:
         with self.op():
             result = self.sites.update_one({"_id": site_id, **_LIVE}, {"$set": fields})
@@ -293,6 +302,10 @@ class MongoStorage(Storage):
         except DuplicateKey:  # another worker made the day's salt first: use theirs
             with self.op():
                 return salts.find_one({"_id": candidate["_id"]})  # type: ignore[no-any-return]
+
+    def delete_salts_before(self, day: str) -> int:
+        with self.op():
+            return int(self.state("salts").delete_many({"_id": {"$lt": day}}).deleted_count)
 
     def list_salts(self) -> list[Doc]:
         with self.op():

@@ -507,6 +507,16 @@ class SQLiteStorage(Storage):
         rows = self._read("SELECT doc FROM sites WHERE deleted_at IS NULL ORDER BY seq")
         return [codec.loads(doc) for (doc,) in rows]
 
+    def find_deleted_site(self, site_id: str) -> Doc | None:
+        rows = self._read(
+            "SELECT doc FROM sites WHERE id = ? AND deleted_at IS NOT NULL", (site_id,)
+        )
+        return codec.loads(rows[0][0]) if rows else None
+
+    def list_deleted_sites(self) -> list[Doc]:
+        rows = self._read("SELECT doc FROM sites WHERE deleted_at IS NOT NULL ORDER BY seq")
+        return [codec.loads(doc) for (doc,) in rows]
+
     def update_site(self, site_id: str, fields: Doc) -> bool:
         with self._write() as conn:
             row = conn.execute(
@@ -615,6 +625,10 @@ class SQLiteStorage(Storage):
             )
             row = conn.execute("SELECT doc FROM salts WHERE id = ?", (candidate["_id"],)).fetchone()
         return codec.loads(row[0])
+
+    def delete_salts_before(self, day: str) -> int:
+        with self._write() as conn:
+            return int(conn.execute("DELETE FROM salts WHERE id < ?", (day,)).rowcount)
 
     def list_salts(self) -> list[Doc]:
         return [codec.loads(doc) for (doc,) in self._read("SELECT doc FROM salts ORDER BY id")]

@@ -53,6 +53,7 @@ class TestGeo:
                     "timezone": "Europe/Stockholm",
                 },
             ),
+            ("81.2.70.7", {"country": "GB", "region": "GB-ENG", "city": "Cambridge"}),
             ("2a02:cf40::1", {"country": "NO", "timezone": "Europe/Oslo"}),
             ("::ffff:81.2.69.160", {"country": "GB", "city": "London"}),
         ],

@@ -96,12 +96,20 @@ _FALLBACK_TO_WEBKIT = frozenset({"Mobile Safari UI/WKWebView", "Other", "Apple M
 _WEBKIT = re.compile(r"AppleWebKit/(\d+)")
 _ANDROID_BROWSER_VERSION = re.compile(r"Version/(\d+)")
 # iOS as ua-parser-js recognises it: an iPhone, iPad or iPod platform token, or iOS in one.
-_IOS_PLATFORM = re.compile(r"\((?:iPhone|iPad|iPod)|(?:iPhone|CPU) OS \d|; iOS \d")
+_IOS_PLATFORM = re.compile(r"\((?:iPhone|iPad|iPod)[;) ]|iPhone OS \d|; iOS \d")
+# Game consoles, which ua-parser-js names as the OS (even where uap-core sees Windows).
+_CONSOLE = re.compile(
+    r"\b(PlayStation)[ ;]+(?:PlayStation )?(\d|Vita)\b"
+    r"|\b(Xbox); (?:Xbox )?(One|Series [XS])\b"
+    r"|\b(Nintendo) (Switch|WiiU|3DS)\b"
+)
 
 
 def browser(ua: str, family: str, major: str | None) -> tuple[str, str]:
     """(name, major version) of the browser as ua-parser-js gives them, "" when it gives none."""
     name = BROWSERS.get(family)
+    if family == "Mobile Safari UI/WKWebView" and "[LinkedInApp]" in ua:
+        return "LinkedIn", ""  # LinkedIn's in-app browser, which ua-parser-js gives no version
     if family == "Android":
         # The stock Android browser: ua-parser-js needs and reads its Version/ token, so the
         # Dalvik HTTP client (uap-core's "Android") is no browser.
@@ -130,7 +138,13 @@ def token_hiding_the_browser(ua: str, family: str, is_crawler: bool) -> str | No
 def operating_system(ua: str, family: str, version: tuple[str, ...]) -> tuple[str, str]:
     """(name, version) of the OS as ua-parser-js gives them: the version whole (``10.15.7``,
     ``14541.0.0``), not cut to major.minor."""
+    console = _CONSOLE.search(ua)
+    if console:
+        console_name, console_version = (part for part in console.groups() if part)
+        return console_name, console_version
     name = OSES.get(family)
+    if family == "Windows Phone":
+        name = "Windows Phone OS" if "Windows Phone OS" in ua else None
     if not name:
         return "", ""
     if family == "iOS":

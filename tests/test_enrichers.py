@@ -396,7 +396,7 @@ UA_TABLE = [
         "Console",
         "Edge",
         "18",
-        "Windows",
+        "Xbox",
     ),
     (
         "Mozilla/5.0 (Linux; Android 11; SM-R890) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.104 Mobile Safari/537.36",

@@ -1,9 +1,11 @@
 """Browser and OS names and versions as Rybbit stores them.
 
 Rybbit parses user agents with ua-parser-js 2.x and stores ``browser.name``, ``browser.major``,
-``os.name`` and ``os.version``. The device enricher parses with uap-core's regexes (through
-ua-parser-rs, ~20 times faster than ua-parser-js's patterns in Python would be), and this module
-turns uap-core's families and versions into ua-parser-js's: a table of names and a few rules.
+``os.name`` and ``os.version``. The device enricher parses with uap-core's regexes in
+ua-parser-rs (native, a few microseconds per user agent), and this module turns uap-core's
+families and versions into ua-parser-js's: a table of names and a few rules. (The Python port
+ua-parser-py follows ua-parser-js 1.x: on the test corpus it agrees with 2.x on 281 of 419
+user agents, against 392 here, at ~1.4 ms per user agent.)
 tests/test_device_parity.py checks the result against ua-parser-js itself on a corpus of a
 few hundred user agents.
 

@@ -76,7 +76,10 @@ def ua_parser_js() -> Path:
         )
         (tarball,) = Path(scratch).glob("*.tgz")
         with tarfile.open(tarball) as archive:
-            archive.extractall(scratch, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                archive.extractall(scratch, filter="data")
+            else:
+                archive.extractall(scratch)  # noqa: S202 - npm's own tarball
         # Renamed into place whole, so a concurrent or interrupted run never sees half of it.
         try:
             os.rename(Path(scratch) / "package", package)

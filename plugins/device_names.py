@@ -140,7 +140,11 @@ def token_hiding_the_browser(ua: str, family: str, is_crawler: bool) -> str | No
 def operating_system(ua: str, family: str, version: tuple[str, ...]) -> tuple[str, str]:
     """(name, version) of the OS as ua-parser-js gives them: the version whole (``10.15.7``,
     ``14541.0.0``), not cut to major.minor."""
-    console = _CONSOLE.search(ua)
+    # The substring tests spare the other 99.9% of agents the regex (~10 us: its alternatives
+    # are tried at every position).
+    console = (
+        _CONSOLE.search(ua) if "PlayStation" in ua or "Xbox" in ua or "Nintendo" in ua else None
+    )
     if console:
         console_name, console_version = (part for part in console.groups() if part)
         return console_name, console_version

@@ -7,12 +7,14 @@ grouping by channel depend on, quirks included (domains match as substrings of t
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugins.channel import channel, clear_self_referrer
+from plugins.channel import channel, clear_self_referrer, referring_domain, utm_params
 
 # (referrer, querystring, hostname, channel): Rybbit's tests call getChannel directly, with
 # the referrer not yet cleared.
@@ -176,3 +178,56 @@ def test_stored_channel_and_referrer(
     event = dict(stored_events()[-1])
     assert event["channel"] == channel_
     assert event.get("referrer") == referrer
+
+
+ODD_REFERRERS = [
+    "https://WWW.Example.COM:8443/a?b#c",
+    " https://padded.example.com/ ",
+    "https:\\\\backslash.example.com\\path",
+    "http://user:pass@auth.example.com/",
+    "https://xn--bcher-kva.example/",
+    "https://bücher.example/",
+    "https://[2001:db8::1]/",
+    "https://192.168.0.1:80/",
+    "android-app://com.Google.Android.gm/",
+    "mailto:someone@example.com",
+    "example.com/no-scheme",
+    "//protocol-relative.example.com/",
+    "https://",
+    "https://exa mple.com/",
+    "HTTPS://UPPER.EXAMPLE.COM",
+]
+ODD_QUERYSTRINGS = [
+    "?utm_source=A+B&utm_medium=%41%42",
+    "utm_source=x&utm_source=y",
+    "?utm_Source=x&UTM_SOURCE=y&utm_source",
+    "??utm_source=double",
+    "?utm_source=%E2%82%AC&utm_medium=%ZZ&utm_campaign=%C3",
+    "&&utm_source=a&&",
+    "?gclid=&gad_source=0",
+    "?utm_source=a=b",
+]
+
+
+def test_url_parsing_matches_nodes() -> None:
+    """Referrer hosts and UTM parameters come out as Node's URL and URLSearchParams give
+    them, which Rybbit's getChannel reads."""
+    script = (
+        "const d = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "const host = r => { try { return new URL(r).hostname } catch { return '$direct' } };"
+        "const utm = q => { const p = {}; for (const [k, v] of new URLSearchParams(q))"
+        " if (k.startsWith('utm_') || k === 'gclid' || k === 'gad_source')"
+        " p[k.toLowerCase()] = v.toLowerCase(); return p };"
+        "process.stdout.write(JSON.stringify([d.r.map(host), d.q.map(utm)]));"
+    )
+    done = subprocess.run(
+        ["node", "-e", script],
+        input=json.dumps({"r": ODD_REFERRERS, "q": ODD_QUERYSTRINGS}),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    hosts, params = json.loads(done.stdout)
+    assert [referring_domain(r) for r in ODD_REFERRERS] == hosts
+    assert [utm_params(q) for q in ODD_QUERYSTRINGS] == params

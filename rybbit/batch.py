@@ -10,6 +10,7 @@ Stored items go to the store in one write; the reply comes after the store ackno
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
@@ -22,7 +23,10 @@ from .payloads import load, read_json
 from .plugin_loader import RUNNER_KEY
 from .schemas import TrackEventSchema, js_type
 from .store import get_store
+from .store_errors import StoreUnavailable
 from .track import authenticate, finish_event, start_event, usage_recorder
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("batch", __name__)
 _schema = TrackEventSchema()
@@ -64,6 +68,13 @@ def _failure(index: int, exc: ApiError) -> dict[str, Any]:
     return result
 
 
+def _unexpected_failure(index: int, exc: Exception) -> dict[str, Any]:
+    """An item that met an unexpected error: logged (its traceback, not its content) and
+    reported as that item's failure, as a 500 would be for /api/track."""
+    log.error("batch item %d failed", index, exc_info=exc)
+    return _failure(index, ApiError(500, "Internal server error"))
+
+
 @bp.post("/api/track/batch")
 def track_batch() -> ResponseReturnValue:
     items = _items(read_json())
@@ -88,6 +99,12 @@ def track_batch() -> ResponseReturnValue:
             results[index] = _failure(index, exc)
             metrics.event_rejected(payload, site, exc.status)
             continue
+        except StoreUnavailable:
+            raise  # the batch's own write would fail too: 503 for all, nothing acknowledged
+        except Exception as exc:  # a bug met by one item must not fail the others
+            results[index] = _unexpected_failure(index, exc)
+            metrics.event_rejected(payload, site, 500)
+            continue
         if isinstance(started, str):  # filtered out before enrichment
             results[index] = {"index": index, "success": True, "message": started}
             metrics.event_judged(payload, site, started)
@@ -102,7 +119,12 @@ def track_batch() -> ResponseReturnValue:
     to_store: list[dict[str, Any]] = []
     used_keys: dict[str, Any] = {}
     for each in to_enrich:
-        message = finish_event(each.event, each.context)
+        try:
+            message = finish_event(each.event, each.context)
+        except Exception as exc:
+            results[each.index] = _unexpected_failure(each.index, exc)
+            metrics.event_rejected(each.payload, each.site, 500)
+            continue
         metrics.event_judged(each.payload, each.site, message)
         results[each.index] = {"index": each.index, "success": True}
         if message is not None:

@@ -184,9 +184,10 @@ class ClientTime(_ZodField):
                 moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
             else:
                 moment = datetime.fromtimestamp(value / 1000, UTC)
+            # Inside the try: an offset can carry a time just past year 9999 or before year 1.
+            moment = moment.astimezone(UTC)
         except (ValueError, OverflowError, OSError):
             raise ValidationError("Invalid timestamp: use ISO 8601 or epoch milliseconds") from None
-        moment = moment.astimezone(UTC)
         if moment < datetime.now(UTC) - CLIENT_TIME_MAX_AGE:
             raise ValidationError("Timestamp must not be more than 72 hours in the past")
         return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
@@ -232,7 +233,10 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")  # 1e999 parses as inf
     if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # 10**309 and beyond: as infinite as 1e999
+            raise ValueError("numbers must be finite") from None
     return value
 
 

@@ -18,12 +18,12 @@ from flask.typing import ResponseReturnValue
 
 from . import metrics, ratelimit
 from .enrichment import EnrichmentContext
-from .errors import ApiError, InvalidPayload
+from .errors import ApiError, InvalidPayload, refused_details
 from .payloads import load, read_json
 from .plugin_loader import RUNNER_KEY
 from .schemas import TrackEventSchema, js_type
 from .store import get_store
-from .store_errors import StoreUnavailable
+from .store_errors import EventsRefused, StoreUnavailable
 from .track import authenticate, finish_event, start_event, usage_recorder
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def track_batch() -> ResponseReturnValue:
         [e.event for e in to_enrich], [e.context for e in to_enrich]
     )
     to_store: list[dict[str, Any]] = []
-    used_keys: dict[str, Any] = {}
+    stored_items: list[_Enriching] = []  # the item of each event in to_store
     for each in to_enrich:
         try:
             message = finish_event(each.event, each.context)
@@ -131,9 +131,18 @@ def track_batch() -> ResponseReturnValue:
             results[each.index]["message"] = message
         else:
             to_store.append(each.event)
-            used_keys[each.key["_id"]] = each.event["received_at"]
+            stored_items.append(each)
 
-    store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+    try:
+        store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+    except EventsRefused as exc:  # the others are stored
+        for position, reason in exc.reasons.items():
+            index = stored_items[position].index
+            results[index] = _failure(
+                index, ApiError(400, "Invalid payload", refused_details(reason))
+            )
+        stored_items = [e for i, e in enumerate(stored_items) if i not in exc.reasons]
+    used_keys = {each.key["_id"]: each.event["received_at"] for each in stored_items}
     for key_id, moment in used_keys.items():
         usage_recorder(current_app).touch(store, key_id, moment)
     rejected = sum(1 for r in results if not r["success"])

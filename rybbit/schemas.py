@@ -227,7 +227,10 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
             out[safe_key(_check_text(key))] = _check_json_value(item, depth + 1)
         return out
     if isinstance(value, list):
-        return [_check_json_value(item, depth + 1) for item in value]
+        items = [_check_json_value(item, depth + 1) for item in value]  # too deep: said first
+        if any(isinstance(item, list) for item in items):
+            raise UnsupportedShape("Arrays directly inside arrays are not supported")
+        return items
     if isinstance(value, str):
         return _check_text(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -238,6 +241,11 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
         except OverflowError:  # 10**309 and beyond: as infinite as 1e999
             raise ValueError("numbers must be finite") from None
     return value
+
+
+class UnsupportedShape(ValueError):
+    """Valid JSON that a supported store cannot hold. Nested arrays: FerretDB refuses them,
+    and the contract is the same on every store, so they are refused on all of them."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -267,6 +275,8 @@ class JSONString(ZString):
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
             parsed = _check_json_value(loads_strict(text))
+        except UnsupportedShape as exc:
+            raise ValidationError(str(exc)) from None
         except (ValueError, RecursionError):
             raise ValidationError("Properties must be a valid JSON string") from None
         return ParsedJSON(js_length(text), parsed)

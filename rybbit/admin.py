@@ -112,11 +112,27 @@ def update_site(site_id: str) -> ResponseReturnValue:
     return jsonify(site)
 
 
+# After a DELETE, other processes may accept events for the site until their cached copy of
+# it expires (AUTH_CACHE_SECONDS), and a request that was accepted may still be writing: the
+# longest a request runs is gunicorn's timeout (gunicorn.conf.py).
+REQUEST_TIME_BOUND_SECONDS = 30
+
+
 @bp.delete("/sites/<site_id>")
 def delete_site(site_id: str) -> ResponseReturnValue:
-    if not sites.delete_site(get_store(), site_id):
+    """Delete a site and its events; on a deleted site, delete the events that arrived after."""
+    store = get_store()
+    deleted = sites.delete_site(store, site_id)
+    if deleted is None:
         raise ApiError(404, "Site not found")
-    return jsonify(success=True, site_id=site_id)
+    delay = float(current_app.config["AUTH_CACHE_SECONDS"]) + REQUEST_TIME_BOUND_SECONDS
+    sites.schedule_leftover_purge(store, site_id, delay)
+    return jsonify(success=True, site_id=site_id, events_deleted=deleted)
+
+
+@bp.get("/deleted-sites")
+def list_deleted_sites() -> ResponseReturnValue:
+    return jsonify(sites=sites.list_deleted_sites(get_store()))
 
 
 @bp.post("/sites/<site_id>/api-keys")

@@ -1,0 +1,88 @@
+"""Clients that trickle their requests must not stop the service from answering others.
+
+A real gunicorn with the default settings (gunicorn.conf.py: threads for the embedded store,
+gevent with a MongoDB server), 200 connections sending a request a byte at a time, and normal
+requests beside them that must be answered promptly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.gunicorn_service import run_service
+
+SLOW_CONNECTIONS = 200
+BODY = b'{"api_key": "rb_' + b"0" * 32 + b'", "site_id": "1", "pathname": "/slow"}'
+
+
+@contextlib.contextmanager
+def trickling_clients(base_url: str, count: int, body_first: bool) -> Iterator[list[Any]]:
+    """``count`` connections, each sending one more byte of a POST every half second: headers
+    complete and the body trickling (``body_first``), or the headers themselves trickling."""
+    parts = urlsplit(base_url)
+    head = (
+        b"POST /api/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n"
+    )
+    socks: list[socket.socket] = []
+    stop = threading.Event()
+    for _ in range(count):
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        if body_first:
+            sock.sendall(head)
+        socks.append(sock)
+    pending = BODY if body_first else head + BODY
+
+    def trickle() -> None:
+        sent = 0
+        while not stop.is_set() and sent < len(pending) - 1:  # never the last byte
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(pending[sent : sent + 1])
+            sent += 1
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield socks
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("body_first", [True, False], ids=["slow-body", "slow-headers"])
+def test_slow_clients_do_not_stop_normal_requests(
+    tmp_path: Path, store_kind: str, mongo_uri: str | None, body_first: bool
+) -> None:
+    with run_service(tmp_path, mongo_uri) as service:
+        site = service.admin("POST", "/sites", {"name": "s", "domain": "s.example"})
+        key = service.admin("POST", f"/sites/{site['site_id']}/api-keys")
+        body = {"api_key": key["api_key"], "site_id": site["site_id"], "pathname": "/normal"}
+        with trickling_clients(service.base_url, SLOW_CONNECTIONS, body_first):
+            time.sleep(1.5)  # every slow connection has been accepted and started sending
+            durations = []
+            for _ in range(10):
+                started = time.monotonic()
+                # A fresh connection each time, as a new client would open.
+                response = requests.post(
+                    f"{service.base_url}/api/track",
+                    json=body,
+                    headers={"Connection": "close"},
+                    timeout=10,
+                )
+                durations.append(time.monotonic() - started)
+                assert response.status_code == 200, response.text
+        assert max(durations) < 2.0, durations

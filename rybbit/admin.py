@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 EXTENSION_KEY = "rybbit.admin_token"
-MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_LENGTH = 32
 
 _site_create = SiteCreateSchema()
 _site_update = SiteUpdateSchema()
@@ -49,11 +49,21 @@ def _configured_token(app: Flask) -> str | None:
         log.info("admin API disabled: RYBBIT_ADMIN_TOKEN is not set")
         return None
     token = str(raw)
+    if token != token.strip():
+        # The request side strips the header value, so a token with spaces around it could
+        # never match: use it without them, and say so.
+        log.warning("RYBBIT_ADMIN_TOKEN has white space around it; using it without")
+        token = token.strip()
     if token.startswith("rb_"):
         log.error("admin API disabled: RYBBIT_ADMIN_TOKEN looks like an API key (rb_...)")
         return None
     if len(token) < MIN_TOKEN_LENGTH:
-        log.error("admin API disabled: RYBBIT_ADMIN_TOKEN is shorter than %d", MIN_TOKEN_LENGTH)
+        log.error(
+            "admin API disabled: RYBBIT_ADMIN_TOKEN has %d characters, it needs at least %d; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            len(token),
+            MIN_TOKEN_LENGTH,
+        )
         return None
     return token
 

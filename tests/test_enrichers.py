@@ -134,7 +134,7 @@ def test_geo_without_database_is_disabled_not_broken(
     from rybbit import create_app
 
     (instance_path / "GeoLite2-City.mmdb").unlink()
-    app = create_app({**app_config, "ADMIN_TOKEN": "t" * 20})
+    app = create_app({**app_config, "ADMIN_TOKEN": "t" * 32})
     report = {
         p["name"]: p
         for p in app.test_client()

@@ -137,10 +137,11 @@ def track_batch() -> ResponseReturnValue:
         store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
     except EventsRefused as exc:  # the others are stored
         for position, reason in exc.reasons.items():
-            index = stored_items[position].index
-            results[index] = _failure(
-                index, ApiError(400, "Invalid payload", refused_details(reason))
+            refused = stored_items[position]
+            results[refused.index] = _failure(
+                refused.index, ApiError(400, "Invalid payload", refused_details(reason))
             )
+            metrics.event_refused(refused.payload, refused.site)
         stored_items = [e for i, e in enumerate(stored_items) if i not in exc.reasons]
     used_keys = {each.key["_id"]: each.event["received_at"] for each in stored_items}
     for key_id, moment in used_keys.items():

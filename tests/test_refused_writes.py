@@ -16,6 +16,7 @@ from flask import Flask
 from rybbit.store import EventsRefused, get_store
 from rybbit.write_errors import outcomes
 from tests.conftest import add_enricher
+from tests.test_metrics import events, scrape
 
 
 @pytest.mark.parametrize(
@@ -112,10 +113,16 @@ def test_a_refused_batch_item_fails_alone(
 ) -> None:
     add_enricher(app, "unstorable", _refuse_bad_paths)
     base = {"api_key": api_key, "site_id": site["site_id"]}
+    before = scrape(client)
     response = client.post(
         "/api/track/batch",
         json=[{**base, "pathname": p} for p in ("/a", "/bad", "/b")],
     )
+    counted = events(before, scrape(client))
+    assert counted == {
+        ("accepted", "none", site["site_id"], "pageview"): 2,
+        ("rejected", "invalid", site["site_id"], "pageview"): 1,
+    }
     assert response.status_code == 200
     body = response.get_json()
     assert (body["accepted"], body["rejected"]) == (2, 1)

@@ -42,7 +42,7 @@ _DEFAULT_BODY_LIMIT = 1024 * 1024
 class _Arriving:
     """A request being read: its bytes so far, h11's view of its framing, and its deadline."""
 
-    __slots__ = ("conn", "data", "framing", "deadline", "continued")
+    __slots__ = ("conn", "data", "framing", "deadline", "continued", "dropped")
 
     def __init__(self, conn: Any, deadline: float) -> None:
         self.conn = conn
@@ -50,6 +50,7 @@ class _Arriving:
         self.framing = h11.Connection(h11.SERVER)
         self.deadline = deadline
         self.continued = False
+        self.dropped = False
 
     def complete(self, limit: int) -> bool:
         """Whether to hand the request to a thread now: it is whole, over ``limit`` bytes, or
@@ -113,6 +114,13 @@ class BufferedThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, arriving))
 
     def _on_readable(self, arriving: _Arriving, sock: Any) -> None:
+        try:
+            self._read_more(arriving)
+        except Exception:  # this runs in the worker's event loop: one connection, not all
+            self.log.exception("error while reading a request; connection closed")
+            self._drop(arriving)
+
+    def _read_more(self, arriving: _Arriving) -> None:
         conn = arriving.conn
         try:
             data = conn.sock.recv(_RECV_SIZE)
@@ -139,9 +147,13 @@ class BufferedThreadWorker(ThreadWorker):
             self._arriving.remove(arriving)
 
     def _drop(self, arriving: _Arriving) -> None:
+        if arriving.dropped:
+            return
+        arriving.dropped = True
         self._forget(arriving)
         self.nr_conns -= 1
-        arriving.conn.close()
+        with contextlib.suppress(OSError):
+            arriving.conn.close()
 
     def _hand_over(self, arriving: _Arriving) -> None:
         """Give the whole request to a thread, with gunicorn's parser reading the bytes we
@@ -156,8 +168,9 @@ class BufferedThreadWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def murder_pending(self) -> None:
-        """Also close connections whose request did not arrive whole in time."""
+        """Also close connections whose request did not arrive whole in time, and all of them
+        once the worker is stopping (a request not yet whole would only delay the stop)."""
         super().murder_pending()
         now = time.monotonic()
-        while self._arriving and self._arriving[0].deadline <= now:
+        while self._arriving and (not self.alive or self._arriving[0].deadline <= now):
             self._drop(self._arriving[0])

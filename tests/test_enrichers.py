@@ -138,7 +138,7 @@ def test_geo_without_database_is_disabled_not_broken(
     report = {
         p["name"]: p
         for p in app.test_client()
-        .get("/api/admin/plugins", headers={"Authorization": "Bearer " + "t" * 20})
+        .get("/api/admin/plugins", headers={"Authorization": "Bearer " + "t" * 32})
         .get_json()["plugins"]
     }
     assert "no database at" in report["geo"]["status"] and report["geo"]["healthy"] is False

@@ -8,6 +8,7 @@ requests beside them that must be answered promptly.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ import requests
 from tests.gunicorn_service import run_service
 
 SLOW_CONNECTIONS = 200
+JSON = {"Content-Type": "application/json"}
 BODY = b'{"api_key": "rb_' + b"0" * 32 + b'", "site_id": "1", "pathname": "/slow"}'
 
 
@@ -86,3 +88,46 @@ def test_slow_clients_do_not_stop_normal_requests(
                 durations.append(time.monotonic() - started)
                 assert response.status_code == 200, response.text
         assert max(durations) < 2.0, durations
+
+
+def test_the_threaded_worker_still_speaks_http_as_before(tmp_path: Path) -> None:
+    """Kept-alive connections, Expect: 100-continue and a request that never completes, on
+    the worker that reads requests whole before a thread serves them (the embedded store's)."""
+    with run_service(tmp_path, None, workers=1, RYBBIT_REQUEST_READ_TIMEOUT="2") as service:
+        site = service.admin("POST", "/sites", {"name": "s", "domain": "s.example"})
+        key = service.admin("POST", f"/sites/{site['site_id']}/api-keys")
+        body = json.dumps({"api_key": key["api_key"], "site_id": site["site_id"]}).encode()
+        parts = urlsplit(service.base_url)
+        address = (parts.hostname, parts.port)
+
+        # Several requests on one kept-alive connection.
+        with requests.Session() as session:
+            statuses = [
+                session.post(
+                    f"{service.base_url}/api/track", data=body, headers=JSON, timeout=10
+                ).status_code
+                for _ in range(5)
+            ]
+        assert statuses == [200] * 5
+
+        # A client that waits for "100 Continue" before its body gets it, then the answer.
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            )
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            answer = b""
+            while b'{"success":true}' not in answer:
+                chunk = sock.recv(1000)
+                assert chunk, answer
+                answer += chunk
+            assert b"HTTP/1.1 200" in answer
+
+        # A request that never completes is closed after RYBBIT_REQUEST_READ_TIMEOUT.
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"POST /api/track HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+            started = time.monotonic()
+            assert sock.recv(100) == b""  # closed, without an answer
+            assert 1.5 < time.monotonic() - started < 6

@@ -8,7 +8,8 @@ for kept-alive connections, reads each request into memory without blocking, and
 it only when the whole request (headers and body) is there. A slow client then costs a socket
 and its bytes so far, not a thread. Framing (Content-Length, chunked, Expect: 100-continue) is
 read by h11, a maintained HTTP/1.1 parser; the bytes handed to gunicorn are exactly those
-received, so gunicorn's own parser and limits decide everything else.
+received, so gunicorn's own parser and limits decide everything else. A request h11 cannot
+frame is answered 400 here and its connection closed: a thread could not know where it ends.
 
 A request must arrive whole within ``READ_TIMEOUT`` seconds (``RYBBIT_REQUEST_READ_TIMEOUT``,
 default 30) or its connection is closed. Bodies stop being buffered past ``buffer_limit``
@@ -37,6 +38,11 @@ READ_TIMEOUT = float(os.environ.get("RYBBIT_REQUEST_READ_TIMEOUT", "30"))
 _RECV_SIZE = 64 * 1024
 _HEADROOM = 64 * 1024  # request line and headers, beside the body
 _DEFAULT_BODY_LIMIT = 1024 * 1024
+_BAD_BODY = b'{"success": false, "error": "Bad request"}'
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(_BAD_BODY)).encode() + b"\r\n\r\n" + _BAD_BODY
+)
 
 
 class _Arriving:
@@ -44,30 +50,35 @@ class _Arriving:
 
     __slots__ = ("conn", "data", "framing", "deadline", "continued", "dropped")
 
-    def __init__(self, conn: Any, deadline: float) -> None:
+    def __init__(self, conn: Any, deadline: float, limit: int) -> None:
         self.conn = conn
         self.data = bytearray()
-        self.framing = h11.Connection(h11.SERVER)
+        # Headers as large as a whole request may be buffered too: past h11's default (16 KiB)
+        # they would otherwise count as malformed.
+        self.framing = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
         self.deadline = deadline
         self.continued = False
         self.dropped = False
 
-    def complete(self, limit: int) -> bool:
-        """Whether to hand the request to a thread now: it is whole, over ``limit`` bytes, or
-        not HTTP/1.1 that h11 understands (gunicorn's parser then answers it as it would)."""
-        if len(self.data) > limit:
-            return True
+    def state(self, limit: int) -> str:
+        """``"whole"`` when a thread can serve the request without waiting for the client
+        (it has fully arrived, or it is over ``limit`` bytes and gunicorn or the app will
+        refuse it from what is here), ``"partial"`` while more is to come, ``"malformed"``
+        when it is not HTTP/1.x h11 can frame (a thread might wait on it forever)."""
         try:
             while True:
                 event = self.framing.next_event()
                 if event is h11.NEED_DATA:
-                    return False
+                    break
                 if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    return True
+                    return "whole"
                 if event is h11.PAUSED:
-                    return True
-        except h11.RemoteProtocolError:
-            return True
+                    return "whole"
+        except h11.RemoteProtocolError:  # also headers over ``limit``: gunicorn would wait
+            return "malformed"
+        # Past the limit in the body (the headers are complete, or h11 would have raised):
+        # the app refuses it (413) from what is here.
+        return "whole" if len(self.data) > limit else "partial"
 
     def wants_continue(self) -> bool:
         """True once, when the client waits for ``100 Continue`` before sending its body."""
@@ -108,7 +119,7 @@ class BufferedThreadWorker(ThreadWorker):
             conn.rybbit_whole = False  # the next request on this connection is read here too
             super().enqueue_req(conn)
             return
-        arriving = _Arriving(conn, time.monotonic() + READ_TIMEOUT)
+        arriving = _Arriving(conn, time.monotonic() + READ_TIMEOUT, self.buffer_limit)
         conn.sock.setblocking(False)
         self._arriving.append(arriving)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, arriving))
@@ -134,8 +145,14 @@ class BufferedThreadWorker(ThreadWorker):
             return
         arriving.data += data
         arriving.framing.receive_data(data)
-        if arriving.complete(self.buffer_limit):
+        state = arriving.state(self.buffer_limit)
+        if state == "whole":
             self._hand_over(arriving)
+        elif state == "malformed":
+            self.log.debug("a request that is not HTTP/1.x was answered 400")
+            with contextlib.suppress(OSError):
+                conn.sock.send(_BAD_REQUEST)
+            self._drop(arriving)
         elif arriving.wants_continue():
             with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -201,7 +201,8 @@ def test_through_gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert [e["ip_address"] for e in events] == ["127.0.0.1"]
 
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"GARBAGE /?user=alice@example.com\r\n\r\n")
+            # Well framed (the worker hands it to gunicorn), but a method gunicorn refuses.
+            sock.sendall(b"get /?user=alice@example.com HTTP/1.1\r\nHost: x\r\n\r\n")
             sock.recv(1000)
         deadline = time.monotonic() + 5
         while not any("Invalid request" in r["message"] for r in service.log_records()):

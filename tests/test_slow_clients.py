@@ -125,9 +125,39 @@ def test_the_threaded_worker_still_speaks_http_as_before(tmp_path: Path) -> None
                 answer += chunk
             assert b"HTTP/1.1 200" in answer
 
+        # A request that cannot be framed is answered 400 at once, holding no thread.
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"POST /api/track HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            answer = sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 400") and b'"success": false' in answer
+
         # A request that never completes is closed after RYBBIT_REQUEST_READ_TIMEOUT.
         with socket.create_connection(address, timeout=10) as sock:
             sock.sendall(b"POST /api/track HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
             started = time.monotonic()
             assert sock.recv(100) == b""  # closed, without an answer
             assert 1.5 < time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize(
+    ("received", "state"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "whole"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n" + b"x" * 10, "partial"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n", "partial"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "whole"),
+        (b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}", "whole"),
+        # A body past the limit: the app refuses it (413) from what has arrived.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 1500, "whole"),
+        # Headers past the limit, or no HTTP at all: a thread would wait for their end.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 2000, "malformed"),
+        (b"GARBAGE\r\n\r\n", "malformed"),
+    ],
+)
+def test_when_a_request_goes_to_a_thread(received: bytes, state: str) -> None:
+    from rybbit.gunicorn_worker import _Arriving
+
+    arriving = _Arriving(conn=None, deadline=0.0, limit=1000)
+    arriving.data += received
+    arriving.framing.receive_data(received)
+    assert arriving.state(1000) == state

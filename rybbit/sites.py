@@ -6,11 +6,15 @@ sending that id must get "Site not found", not land in somebody else's site.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 from .store import DuplicateKey, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "block_bots": True,
@@ -77,24 +81,80 @@ def update_site(store: Store, site_id: str, changes: dict[str, Any]) -> dict[str
     return public_site(site) if site else None
 
 
-def delete_site(store: Store, site_id: str) -> bool:
-    """Delete a site: revoke its keys, delete its events, then leave a tombstone.
+def delete_site(store: Store, site_id: str) -> int | None:
+    """Delete a site: revoke its keys, delete its events, then leave a tombstone. Returns how
+    many events were deleted; None if there is no such site, live or deleted.
 
     The tombstone comes last, so a failure half-way (a 503) leaves a live site on which the
-    client's retry redoes the rest. False if there is no such live site.
+    client's retry redoes the rest. Other processes accept events for the site until their
+    cached copy expires (lookup_cache), so those can land after this returns: deleting a
+    deleted site again deletes such leftovers (see schedule_leftover_purge).
     """
-    if find_site(store, site_id) is None:
-        return False
+    site = find_site(store, site_id)
+    if site is None:
+        return purge_leftovers(store, site_id)
     now = datetime.now(UTC)
     with store.op():
         store.api_keys.update_many(
             {"site_id": site_id, "revoked_at": None}, {"$set": {"revoked_at": now}}
         )
     with store.op():
-        store.events.delete_many({"site_id": site_id})
+        deleted = store.events.delete_many({"site_id": site_id}).deleted_count
     with store.op():
-        result = store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": {"deleted_at": now}})
-    return bool(result.matched_count)
+        store.sites.update_one({"_id": site_id, **_LIVE}, {"$set": {"deleted_at": now}})
+    return int(deleted or 0)
+
+
+def purge_leftovers(store: Store, site_id: str) -> int | None:
+    """Delete the events stored for a deleted site; how many, or None if ``site_id`` is not a
+    deleted site."""
+    with store.op():
+        if store.sites.find_one({"_id": site_id, "deleted_at": {"$ne": None}}) is None:
+            return None
+    with store.op():
+        return int(store.events.delete_many({"site_id": site_id}).deleted_count or 0)
+
+
+def schedule_leftover_purge(store: Store, site_id: str, delay: float) -> threading.Timer:
+    """Delete the site's events once more after ``delay`` seconds, by when no process can still
+    accept events for it. In the background of this process: if it exits first, the leftovers
+    stay until an operator deletes the site again (``list_deleted_sites`` shows them)."""
+
+    def purge() -> None:
+        try:
+            count = purge_leftovers(store, site_id)
+        except Exception as exc:
+            log.warning("leftover events of deleted site %s not purged: %s", site_id, exc)
+            return
+        if count:
+            log.info(
+                "deleted %d events that arrived for site %s after it was deleted", count, site_id
+            )
+
+    timer = threading.Timer(delay, purge)
+    timer.daemon = True  # never holds a stopping process; the admin API can finish the job
+    timer.start()
+    return timer
+
+
+def list_deleted_sites(store: Store) -> list[dict[str, Any]]:
+    """Deleted sites, each with the number of its events still stored (leftovers)."""
+    with store.op():
+        docs = list(store.sites.find({"deleted_at": {"$ne": None}}).sort("seq", 1))
+    found = []
+    for doc in docs:
+        with store.op():
+            count = store.events.count_documents({"site_id": doc["_id"]})
+        found.append(
+            {
+                "site_id": doc["_id"],
+                "name": doc.get("name"),
+                "domain": doc.get("domain"),
+                "deleted_at": doc["deleted_at"],
+                "events": count,
+            }
+        )
+    return found
 
 
 def settings_of(site: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from .group_commit import GroupCommit
 from .metrics import store_write
 from .retention import Retention
 from .retention import init_app as init_retention
-from .store_errors import DuplicateKey, StoreUnavailable
+from .store_errors import DuplicateKey, EventsRefused, StoreUnavailable
+from .write_errors import outcomes as per_document_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Store:
         self.db = db
         self.embedded = embedded
         self._in_scans: bool | None = None  # see _scans_for_in
-        self.group_commit: GroupCommit[dict[str, Any], None] = GroupCommit(
+        self.group_commit: GroupCommit[dict[str, Any], Exception | None] = GroupCommit(
             self.insert_events, group_commit_max_events
         )
         # The events collection's kind and expiry (retention.py); configured by _StoreHolder.
@@ -205,26 +206,38 @@ class Store:
 
     def commit_events(self, events: list[dict[str, Any]]) -> None:
         """Store events for a request, sharing one write with concurrent requests (see
-        group_commit); returns once they are acknowledged, raises as insert_events does."""
-        self.group_commit.submit(events)
+        group_commit); returns once they are acknowledged, raises as insert_events does.
+        When the server refused some of them, the others are stored and EventsRefused names
+        the refused ones (by position in ``events``); StoreUnavailable if any must be retried."""
+        outcomes = self.group_commit.submit(events)
+        failed = {i: error for i, error in enumerate(outcomes) if error is not None}
+        if any(isinstance(error, StoreUnavailable) for error in failed.values()):
+            raise StoreUnavailable("write error")
+        if failed:
+            raise EventsRefused({i: str(error) for i, error in failed.items()})
 
     @store_write  # metrics: each write's duration, and its errors
-    def insert_events(self, events: list[dict[str, Any]]) -> None:
+    def insert_events(self, events: list[dict[str, Any]]) -> list[Exception | None] | None:
         """Store events; one whose ``_id`` exists (a repeated ``event_id``) is skipped, as
-        already stored. Any other failure raises, and the caller must not acknowledge."""
+        already stored. Any other failure of the whole write raises, and the caller must not
+        acknowledge. Where the server refuses single documents, the others are stored and the
+        result has, per event, None or the error for its sender (see write_errors)."""
         if not events:
-            return
+            return None
         if self.retention.prepare_insert(self):  # time-series: no unique _id, see retention.py
             self.retention.insert_timeseries(self, events)
-            return
+            return None
         if self.embedded:
             self._insert_embedded(self.events, events, together=False)
-            return
+            return None
         try:
             with self._lock, translate_errors():
                 self.events.insert_many(events, ordered=False)
         except DuplicateKey:
             pass  # only duplicates failed (translate_errors checks); the rest are stored
+        except pymongo.errors.BulkWriteError as exc:  # some documents refused, not the write
+            return per_document_outcomes(exc.details, len(events))
+        return None
 
     def ensure_indexes(self) -> None:
         """Create the indexes the read paths need; montydb has none and skips this."""

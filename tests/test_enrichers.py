@@ -135,11 +135,11 @@ def test_geo_without_database_is_disabled_not_broken(
     from rybbit import create_app
 
     (instance_path / "GeoLite2-City.mmdb").unlink()
-    app = create_app({**app_config, "ADMIN_TOKEN": "t" * 20})
+    app = create_app({**app_config, "ADMIN_TOKEN": "t" * 32})
     report = {
         p["name"]: p
         for p in app.test_client()
-        .get("/api/admin/plugins", headers={"Authorization": "Bearer " + "t" * 20})
+        .get("/api/admin/plugins", headers={"Authorization": "Bearer " + "t" * 32})
         .get_json()["plugins"]
     }
     assert "no database at" in report["geo"]["status"] and report["geo"]["healthy"] is False

@@ -19,6 +19,17 @@ bind = os.environ.get("RYBBIT_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RYBBIT_WORKERS", "2"))
 
 
+def _load_beside(name):
+    """A module of the rybbit folder, loaded on its own: importing the rybbit package here
+    would load the app into the master, and workers started after a reload (SIGHUP) would then
+    keep running the old code."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rybbit", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"rybbit_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _worker_class():
     """gevent with a MongoDB server, threads with the embedded store.
 
@@ -38,13 +49,18 @@ def _worker_class():
 
 
 worker_class = _worker_class()
+if worker_class == "gthread":
+    # gthread gives a thread to a connection at its first byte, so clients trickling their
+    # requests hold every thread (40 of them stopped 2 workers x 16 threads). This one reads
+    # each request whole in the event loop first (rybbit/gunicorn_worker.py).
+    worker_class = _load_beside("gunicorn_worker").BufferedThreadWorker
 # gthread: many threads, for the reason above (4 -> 16 threads raised /api/track by ~1.8x).
 threads = int(os.environ.get("RYBBIT_THREADS", "16"))
-if worker_class == "gevent":
-    # Open connections per worker, idle keep-alive ones included. gunicorn's default (1000)
-    # would let a flood of 512 KB batches take a gigabyte; more wait in the listen backlog.
-    # (gthread keeps gunicorn's default: its threads already bound the requests in flight.)
-    worker_connections = int(os.environ.get("RYBBIT_WORKER_CONNECTIONS", "256"))
+# Open connections per worker, idle keep-alive ones and slow clients' included: gevent and the
+# buffering thread worker hold each cheaply, so a few hundred slow clients do not stop the
+# others. gunicorn's default (1000) would let a flood of 512 KB batches take a gigabyte;
+# more wait in the listen backlog.
+worker_connections = int(os.environ.get("RYBBIT_WORKER_CONNECTIONS", "256"))
 # A request never legitimately runs long: store calls are bounded by MONGO_TIMEOUT_MS.
 timeout = 30
 # On SIGTERM, let in-flight requests finish their writes before the worker exits.
@@ -110,11 +126,7 @@ def _logging_config():
     """rybbit/logging_setup.py's settings, for gunicorn's own lines too. The file is loaded on
     its own: importing the rybbit package here would load the app into the master, and workers
     started after a reload (SIGHUP) would then keep running the old code."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rybbit", "logging_setup.py")
-    spec = importlib.util.spec_from_file_location("rybbit_logging_setup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.dict_config()
+    config = _load_beside("logging_setup").dict_config()
     config["loggers"] = {"gunicorn.error": {"handlers": [], "propagate": True}}  # to the root's
     return config
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import servers  # noqa: E402
 from bench.workload import events as make_events  # noqa: E402
 
-ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 - a throwaway local instance
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdefghij"  # noqa: S105 - a throwaway local instance
 
 LUA = """
 local bodies = {%(bodies)s}

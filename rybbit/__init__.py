@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import (
     admin,
@@ -27,6 +26,7 @@ from . import (
 from .config import instance_path_from_env, load_config
 from .jsonutil import JSONProvider
 from .logging_setup import configure_logging
+from .proxies import trust_proxies
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json = JSONProvider(app)
     os.makedirs(app.instance_path, exist_ok=True)
     if app.config["TRUSTED_PROXIES"]:
-        # Take the client address from X-Forwarded-For, trusting only the configured number of
-        # proxies (never the raw leftmost entry, which the client controls).
-        hops = int(app.config["TRUSTED_PROXIES"])
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        trust_proxies(app, int(app.config["TRUSTED_PROXIES"]))
 
     store.init_app(app)
     lookup_cache.init_app(app)

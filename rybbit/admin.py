@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 EXTENSION_KEY = "rybbit.admin_token"
-MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_LENGTH = 32
 
 _site_create = SiteCreateSchema()
 _site_update = SiteUpdateSchema()
@@ -49,11 +49,21 @@ def _configured_token(app: Flask) -> str | None:
         log.info("admin API disabled: RYBBIT_ADMIN_TOKEN is not set")
         return None
     token = str(raw)
+    if token != token.strip():
+        # The request side strips the header value, so a token with spaces around it could
+        # never match: use it without them, and say so.
+        log.warning("RYBBIT_ADMIN_TOKEN has white space around it; using it without")
+        token = token.strip()
     if token.startswith("rb_"):
         log.error("admin API disabled: RYBBIT_ADMIN_TOKEN looks like an API key (rb_...)")
         return None
     if len(token) < MIN_TOKEN_LENGTH:
-        log.error("admin API disabled: RYBBIT_ADMIN_TOKEN is shorter than %d", MIN_TOKEN_LENGTH)
+        log.error(
+            "admin API disabled: RYBBIT_ADMIN_TOKEN has %d characters, it needs at least %d; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            len(token),
+            MIN_TOKEN_LENGTH,
+        )
         return None
     return token
 
@@ -112,11 +122,27 @@ def update_site(site_id: str) -> ResponseReturnValue:
     return jsonify(site)
 
 
+# After a DELETE, other processes may accept events for the site until their cached copy of
+# it expires (AUTH_CACHE_SECONDS), and a request that was accepted may still be writing: the
+# longest a request runs is gunicorn's timeout (gunicorn.conf.py).
+REQUEST_TIME_BOUND_SECONDS = 30
+
+
 @bp.delete("/sites/<site_id>")
 def delete_site(site_id: str) -> ResponseReturnValue:
-    if not sites.delete_site(get_store(), site_id):
+    """Delete a site and its events; on a deleted site, delete the events that arrived after."""
+    store = get_store()
+    deleted = sites.delete_site(store, site_id)
+    if deleted is None:
         raise ApiError(404, "Site not found")
-    return jsonify(success=True, site_id=site_id)
+    delay = float(current_app.config["AUTH_CACHE_SECONDS"]) + REQUEST_TIME_BOUND_SECONDS
+    sites.schedule_leftover_purge(store, site_id, delay)
+    return jsonify(success=True, site_id=site_id, events_deleted=deleted)
+
+
+@bp.get("/deleted-sites")
+def list_deleted_sites() -> ResponseReturnValue:
+    return jsonify(sites=sites.list_deleted_sites(get_store()))
 
 
 @bp.post("/sites/<site_id>/api-keys")

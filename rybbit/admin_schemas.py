@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from .events import decode_cursor
 from .schemas import EVENT_TYPES, ZNumber, ZString
 from .site_rules import entry_networks
 
@@ -101,12 +102,24 @@ class SiteUpdateSchema(Schema):
             raise ValidationError("Nothing to update: give name, domain or settings")
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 date-time in a JSON body (UTC unless it says), converted to UTC here: BSON
+    converts at write time, where a date near year 1 or 9999 with an offset would overflow."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+
+
 class KeyCreateSchema(Schema):
     class Meta:
         unknown = RAISE
 
     name = ZString(max_length=100, allow_none=True)
-    expires_at = fields.AwareDateTime(default_timezone=UTC)
+    expires_at = UtcDateTime(default_timezone=UTC)
 
 
 class KeyRotateSchema(Schema):
@@ -122,6 +135,10 @@ _CURSOR = re.compile(r"^[0-9]{1,15}_[0-9a-f]{24}$")
 def _whole_cursor(value: str) -> None:
     if not _CURSOR.fullmatch(value):
         raise ValidationError("Invalid cursor")
+    try:
+        decode_cursor(value)  # well-formed is not enough: 999999999999999 ms is year 33658
+    except ValueError:
+        raise ValidationError("Invalid cursor") from None
 
 
 class Moment(fields.Field):
@@ -135,9 +152,11 @@ class Moment(fields.Field):
             if text.isdigit():
                 return datetime.fromtimestamp(int(text) / 1000, UTC)
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            # In UTC here, where an offset pushing it past year 1 or 9999 is a 400 rather than
+            # an OverflowError when the query is encoded.
+            return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
         except (ValueError, OverflowError, OSError):
             raise self.make_error("invalid") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class EventsQuerySchema(Schema):

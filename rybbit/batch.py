@@ -10,6 +10,7 @@ Stored items go to the store in one write; the reply comes after the store ackno
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
@@ -17,12 +18,15 @@ from flask.typing import ResponseReturnValue
 
 from . import credentials, metrics, ratelimit
 from .enrichment import EnrichmentContext
-from .errors import ApiError, InvalidPayload
+from .errors import ApiError, InvalidPayload, refused_details
 from .payloads import load, read_json
 from .plugin_loader import RUNNER_KEY
 from .schemas import TrackEventSchema, js_type
 from .store import get_store
+from .store_errors import EventsRefused, StoreUnavailable
 from .track import authenticate, finish_event, start_event, usage_recorder
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("batch", __name__)
 _schema = TrackEventSchema()
@@ -64,6 +68,13 @@ def _failure(index: int, exc: ApiError) -> dict[str, Any]:
     return result
 
 
+def _unexpected_failure(index: int, exc: Exception) -> dict[str, Any]:
+    """An item that met an unexpected error: logged (its traceback, not its content) and
+    reported as that item's failure, as a 500 would be for /api/track."""
+    log.error("batch item %d failed", index, exc_info=exc)
+    return _failure(index, ApiError(500, "Internal server error"))
+
+
 @bp.post("/api/track/batch")
 def track_batch() -> ResponseReturnValue:
     items = _items(read_json())
@@ -89,6 +100,12 @@ def track_batch() -> ResponseReturnValue:
             results[index] = _failure(index, exc)
             metrics.event_rejected(payload, site, exc.status)
             continue
+        except StoreUnavailable:
+            raise  # the batch's own write would fail too: 503 for all, nothing acknowledged
+        except Exception as exc:  # a bug met by one item must not fail the others
+            results[index] = _unexpected_failure(index, exc)
+            metrics.event_rejected(payload, site, 500)
+            continue
         if isinstance(started, str):  # filtered out before enrichment
             results[index] = {"index": index, "success": True, "message": started}
             metrics.event_judged(payload, site, started)
@@ -101,18 +118,33 @@ def track_batch() -> ResponseReturnValue:
         [e.event for e in to_enrich], [e.context for e in to_enrich]
     )
     to_store: list[dict[str, Any]] = []
-    used_keys: dict[str, Any] = {}
+    stored_items: list[_Enriching] = []  # the item of each event in to_store
     for each in to_enrich:
-        message = finish_event(each.event, each.context)
+        try:
+            message = finish_event(each.event, each.context)
+        except Exception as exc:
+            results[each.index] = _unexpected_failure(each.index, exc)
+            metrics.event_rejected(each.payload, each.site, 500)
+            continue
         metrics.event_judged(each.payload, each.site, message)
         results[each.index] = {"index": each.index, "success": True}
         if message is not None:
             results[each.index]["message"] = message
         else:
             to_store.append(each.event)
-            used_keys[each.key["_id"]] = each.event["received_at"]
+            stored_items.append(each)
 
-    store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+    try:
+        store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+    except EventsRefused as exc:  # the others are stored
+        for position, reason in exc.reasons.items():
+            refused = stored_items[position]
+            results[refused.index] = _failure(
+                refused.index, ApiError(400, "Invalid payload", refused_details(reason))
+            )
+            metrics.event_refused(refused.payload, refused.site)
+        stored_items = [e for i, e in enumerate(stored_items) if i not in exc.reasons]
+    used_keys = {each.key["_id"]: each.event["received_at"] for each in stored_items}
     for key_id, moment in used_keys.items():
         usage_recorder(current_app).touch(store, key_id, moment)
     rejected = sum(1 for r in results if not r["success"])

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .store import StoreUnavailable
+from .store_errors import EventsRefused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,17 @@ def _handle_store_unavailable(exc: StoreUnavailable) -> Response:
     return response
 
 
+def refused_details(reason: str) -> dict[str, list[Any]]:
+    """The 400 details for an event the store would not hold (see store_errors)."""
+    return {"fieldErrors": {}, "formErrors": [f"The store refused this event: {reason}"]}
+
+
+def _handle_events_refused(exc: EventsRefused) -> Response:
+    # /api/track writes one event, so there is one reason; retrying would not help.
+    reason = next(iter(exc.reasons.values()), "")
+    return error_response(400, "Invalid payload", refused_details(reason))
+
+
 def _handle_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error")
     return error_response(500, _MESSAGES[500])
@@ -97,4 +108,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(StoreUnavailable, _handle_store_unavailable)
+    app.register_error_handler(EventsRefused, _handle_events_refused)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from bson import ObjectId
+from bson.errors import InvalidId
 
 from .jsonutil import json_default
 from .storage.base import EventQuery, Storage
@@ -79,9 +80,16 @@ def encode_cursor(event: dict[str, Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, ObjectId]:
-    """Inverse of ``encode_cursor``; ValueError for anything else."""
+    """Inverse of ``encode_cursor``; ValueError for anything else (a time out of range too)."""
     millis, _, oid = cursor.partition("_")
-    return datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid)
+    try:
+        moment = datetime.fromtimestamp(int(millis) / 1000, UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"cursor time out of range: {exc}") from None
+    try:
+        return moment, ObjectId(oid)
+    except (TypeError, InvalidId) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def event_query(

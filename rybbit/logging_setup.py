@@ -4,7 +4,9 @@ Every line has ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``pid`` and ``me
 given with ``extra=`` (the request line's ``method``, ``status``, ...) sit beside them, and a
 traceback goes in ``exc_info``. Lines are JSON unless stderr is a terminal;
 ``RYBBIT_LOG_FORMAT=json`` or ``text`` overrides that guess. Whatever the source of a line,
-anything shaped like an API key is cut to the prefix the admin API shows.
+anything shaped like an API key is cut to the prefix the admin API shows, and unless
+``RYBBIT_LOG_CLIENT_DATA`` is on, no client address or request content gets in through
+gunicorn's own warnings or a traceback (ClientDataFilter).
 
 gunicorn.conf.py loads this file on its own, outside the ``rybbit`` package, so that gunicorn's
 lines look the same without importing the app into the master (new workers would then keep the
@@ -19,6 +21,7 @@ import logging.config
 import os
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -27,6 +30,9 @@ from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 FORMAT_ENV = "RYBBIT_LOG_FORMAT"
 FORMATS = ("json", "text")
+# Set to 1 (true, yes) to let client addresses and request content into gunicorn's warnings
+# and into tracebacks; off by default (see ClientDataFilter).
+CLIENT_DATA_ENV = "RYBBIT_LOG_CLIENT_DATA"
 
 # An API key (rybbit.keys.KEY_FORMAT) keeps its first 11 characters, its prefix.
 _API_KEY = re.compile(r"(rb_[0-9a-f]{8})[0-9a-f]{24}")
@@ -80,6 +86,72 @@ class TextFormatter(logging.Formatter):
         return redact(text)
 
 
+# gunicorn's "Invalid request from ip=1.2.3.4: Invalid Request Line 'GET /?user=...'".
+_INVALID_REQUEST = re.compile(r"Invalid request from ip=\S*: ")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_QUERY = re.compile(r"\?\S*")
+
+
+def _withhold(text: str) -> str:
+    """A gunicorn line without what the client sent: quoted request text and query strings."""
+    return _QUERY.sub("?...", _QUOTED.sub("'...'", text))
+
+
+class ClientDataFilter(logging.Filter):
+    """Keeps client addresses and event content out of lines not written by the app's request
+    log (which has its own rules, see rybbit.request_log):
+
+    - gunicorn's ``Invalid request from ip=...: <what was wrong, quoting the request>`` loses
+      the address and the quoted request text; ``Error handling request <method> <uri>``
+      loses the query string;
+    - a traceback keeps its frames but not the exceptions' messages, which can quote what
+      the client sent (a store's write error quotes the whole document).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("gunicorn") and record.levelno >= logging.WARNING:
+            message = record.getMessage()
+            if _INVALID_REQUEST.match(message):
+                message = "Invalid request from ip=(withheld): " + _withhold(
+                    _INVALID_REQUEST.sub("", message, count=1)
+                )
+            elif message.startswith("Error handling request"):
+                message = _withhold(message)
+            record.msg, record.args = message, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = traceback_without_messages(record.exc_info[1])
+            record.exc_info = None
+        return True
+
+
+def traceback_without_messages(error: BaseException) -> str:
+    """The traceback of ``error`` and the exceptions it chains, each exception named by its
+    type only."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for number, each in enumerate(reversed(chain)):
+        if number:
+            parts.append("\nThe above exception led to the following one:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(each.__traceback__))
+        kind = type(each)
+        parts.append(
+            f"{kind.__module__}.{kind.__qualname__} "
+            f"(message withheld; {CLIENT_DATA_ENV}=1 logs it)\n"
+        )
+    return "".join(parts).rstrip("\n")
+
+
+def client_data_logged() -> bool:
+    return os.environ.get(CLIENT_DATA_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
     return json.dumps(text) if not text or any(c.isspace() for c in text) else text
@@ -104,17 +176,19 @@ def dict_config(log_format: str | None = None) -> dict[str, Any]:
     """``logging.config.dictConfig`` settings: every logger's lines at INFO and above, on
     stderr, in ``log_format`` (default: :func:`chosen_format`)."""
     formatter = JsonFormatter if (log_format or chosen_format()) == "json" else TextFormatter
+    handler: dict[str, Any] = {
+        "class": "logging.StreamHandler",
+        "formatter": "rybbit",
+        "stream": "ext://sys.stderr",
+    }
+    if not client_data_logged():
+        handler["filters"] = ["client_data"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"rybbit": {"()": formatter}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "rybbit",
-                "stream": "ext://sys.stderr",
-            }
-        },
+        "filters": {"client_data": {"()": ClientDataFilter}},
+        "handlers": {"stderr": handler},
         "root": {"level": "INFO", "handlers": ["stderr"]},
     }
 

@@ -146,6 +146,15 @@ def event_judged(payload: dict[str, Any], site: dict[str, Any], message: str | N
     g.setdefault(_JUDGED, []).append((payload["type"], site["_id"], outcome, reason))
 
 
+def event_refused(payload: dict[str, Any], site: dict[str, Any]) -> None:
+    """An event noted as accepted that the store then refused: counted as rejected (400)."""
+    judged = g.get(_JUDGED, [])
+    accepted = (payload["type"], site["_id"], "accepted", "none")
+    if accepted in judged:
+        judged.remove(accepted)
+    event_rejected(payload, site, 400)
+
+
 def event_rejected(
     payload: dict[str, Any] | None, site: dict[str, Any] | None, status: int
 ) -> None:

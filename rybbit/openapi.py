@@ -129,6 +129,21 @@ class PluginList(Schema):
 class SiteDeleted(Schema):
     success = fields.Boolean(required=True)
     site_id = fields.String(required=True)
+    events_deleted = fields.Integer(required=True)
+
+
+class DeletedSite(Schema):
+    site_id = fields.String(required=True)
+    name = fields.String(allow_none=True)
+    domain = fields.String(allow_none=True)
+    deleted_at = fields.DateTime(required=True)
+    events = fields.Integer(
+        required=True, metadata={"description": "Events still stored: arrived after the delete"}
+    )
+
+
+class DeletedSiteList(Schema):
+    sites = fields.List(fields.Nested(DeletedSite), required=True)
 
 
 class EventsPage(Schema):
@@ -230,6 +245,7 @@ def build_spec() -> dict[str, Any]:
         ApiKeyRotated,
         ApiKeyList,
         SiteDeleted,
+        DeletedSiteList,
         PluginList,
         BatchResult,
         EventsPage,
@@ -375,7 +391,22 @@ def build_spec() -> dict[str, Any]:
             "delete": _admin(
                 {
                     "summary": "Delete a site, revoke its keys, delete its events",
+                    "description": "On a site deleted before, deletes the events that arrived "
+                    "after its deletion (from processes whose cached copy had not expired yet); "
+                    "the service also does that once on its own, AUTH_CACHE_SECONDS + 30 s "
+                    "after the first DELETE.",
                     "responses": {"200": _reply("Deleted", "SiteDeleted"), "404": _NO_SITE},
+                }
+            ),
+        },
+    )
+    spec.path(
+        path="/api/admin/deleted-sites",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "List deleted sites with the number of events still stored",
+                    "responses": {"200": _reply("Deleted sites", "DeletedSiteList")},
                 }
             ),
         },

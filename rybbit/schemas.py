@@ -226,9 +226,10 @@ class ClientTime(_ZodField):
                 moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
             else:
                 moment = datetime.fromtimestamp(value / 1000, UTC)
+            # Inside the try: an offset can carry a time just past year 9999 or before year 1.
+            moment = moment.astimezone(UTC)
         except (ValueError, OverflowError, OSError):
             raise ValidationError("Invalid timestamp: use ISO 8601 or epoch milliseconds") from None
-        moment = moment.astimezone(UTC)
         if moment < datetime.now(UTC) - CLIENT_TIME_MAX_AGE:
             raise ValidationError("Timestamp must not be more than 72 hours in the past")
         return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
@@ -273,14 +274,25 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
             out[safe_key(_check_text(key))] = _check_json_value(item, depth + 1)
         return out
     if isinstance(value, list):
-        return [_check_json_value(item, depth + 1) for item in value]
+        items = [_check_json_value(item, depth + 1) for item in value]  # too deep: said first
+        if any(isinstance(item, list) for item in items):
+            raise UnsupportedShape("Arrays directly inside arrays are not supported")
+        return items
     if isinstance(value, str):
         return _check_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")  # 1e999 parses as inf
     if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # 10**309 and beyond: as infinite as 1e999
+            raise ValueError("numbers must be finite") from None
     return value
+
+
+class UnsupportedShape(ValueError):
+    """Valid JSON that a supported store cannot hold. Nested arrays: FerretDB refuses them,
+    and the contract is the same on every store, so they are refused on all of them."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -315,6 +327,8 @@ class JSONString(ZString):
             return ParsedJSON(js_length(text), NOT_JSON)
         try:
             return ParsedJSON(js_length(text), _check_json_value(parsed))
+        except UnsupportedShape as exc:
+            raise ValidationError(str(exc)) from None
         except (ValueError, RecursionError):
             raise ValidationError("Properties must be a valid JSON string") from None
 

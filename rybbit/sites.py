@@ -6,12 +6,16 @@ sending that id must get "Site not found", not land in somebody else's site.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 from .storage import DuplicateKey
 from .storage import Storage as Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "block_bots": True,
@@ -68,18 +72,70 @@ def update_site(store: Store, site_id: str, changes: dict[str, Any]) -> dict[str
     return public_site(site) if site else None
 
 
-def delete_site(store: Store, site_id: str) -> bool:
-    """Delete a site: revoke its keys, delete its events, then leave a tombstone.
+def delete_site(store: Store, site_id: str) -> int | None:
+    """Delete a site: revoke its keys, delete its events, then leave a tombstone. Returns how
+    many events were deleted; None if there is no such site, live or deleted.
 
     The tombstone comes last, so a failure half-way (a 503) leaves a live site on which the
-    client's retry redoes the rest. False if there is no such live site.
+    client's retry redoes the rest. Other processes accept events for the site until their
+    cached copy expires (lookup_cache), so those can land after this returns: deleting a
+    deleted site again deletes such leftovers (see schedule_leftover_purge).
     """
-    if find_site(store, site_id) is None:
-        return False
+    site = find_site(store, site_id)
+    if site is None:
+        return purge_leftovers(store, site_id)
     now = datetime.now(UTC)
     store.revoke_site_keys(site_id, now)
-    store.delete_site_events(site_id)
-    return store.update_site(site_id, {"deleted_at": now})
+    deleted = store.delete_site_events(site_id)
+    store.update_site(site_id, {"deleted_at": now})
+    return deleted
+
+
+def purge_leftovers(store: Store, site_id: str) -> int | None:
+    """Delete the events stored for a deleted site; how many, or None if ``site_id`` is not a
+    deleted site."""
+    if store.find_deleted_site(site_id) is None:
+        return None
+    return store.delete_site_events(site_id)
+
+
+def schedule_leftover_purge(store: Store, site_id: str, delay: float) -> threading.Timer:
+    """Delete the site's events once more after ``delay`` seconds, by when no process can still
+    accept events for it. In the background of this process: if it exits first, the leftovers
+    stay until an operator deletes the site again (``list_deleted_sites`` shows them)."""
+
+    def purge() -> None:
+        try:
+            count = purge_leftovers(store, site_id)
+        except Exception as exc:
+            log.warning("leftover events of deleted site %s not purged: %s", site_id, exc)
+            return
+        if count:
+            log.info(
+                "deleted %d events that arrived for site %s after it was deleted", count, site_id
+            )
+
+    timer = threading.Timer(delay, purge)
+    timer.daemon = True  # never holds a stopping process; the admin API can finish the job
+    timer.start()
+    return timer
+
+
+def list_deleted_sites(store: Store) -> list[dict[str, Any]]:
+    """Deleted sites, each with the number of its events still stored (leftovers)."""
+    found = []
+    for doc in store.list_deleted_sites():
+        count = store.count_events(doc["_id"])
+        found.append(
+            {
+                "site_id": doc["_id"],
+                "name": doc.get("name"),
+                "domain": doc.get("domain"),
+                "deleted_at": doc["deleted_at"],
+                "events": count,
+            }
+        )
+    return found
 
 
 def settings_of(site: dict[str, Any]) -> dict[str, Any]:

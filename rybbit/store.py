@@ -10,7 +10,7 @@ from .storage import EXTENSION_KEY, get_store, init_app
 from .storage.base import Storage
 from .storage.mongo import MongoStorage, translate_errors
 from .storage.sqlite import SQLiteStorage
-from .store_errors import DuplicateKey, StoreUnavailable
+from .store_errors import DuplicateKey, EventsRefused, StoreUnavailable
 
 # The interface's former name.
 Store = Storage
@@ -18,6 +18,7 @@ Store = Storage
 __all__ = [
     "EXTENSION_KEY",
     "DuplicateKey",
+    "EventsRefused",
     "MongoStorage",
     "SQLiteStorage",
     "Store",

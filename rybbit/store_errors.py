@@ -15,3 +15,13 @@ class DuplicateKey(Exception):
     def __init__(self, message: str, indexes: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.indexes = indexes
+
+
+class EventsRefused(Exception):
+    """The store refused some documents of a write for what they hold (not for being down):
+    ``reasons`` maps each refused event's position in the caller's list to the server's
+    message. The caller's other events were stored."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        super().__init__(f"{len(reasons)} event(s) refused by the store")
+        self.reasons = reasons

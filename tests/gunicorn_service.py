@@ -19,7 +19,7 @@ import requests
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "e2e-admin-token-0123456789"
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdefghij"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

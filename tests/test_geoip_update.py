@@ -47,7 +47,7 @@ STAMP = "20240507"
 # The new database moves MaxMind's London test network to Paris.
 PARIS = city("FR", "IDF", "Paris", 48.8566, 2.3522, "Europe/Paris")
 NEW_NETWORKS = {**NETWORKS, "81.2.69.0/24": PARIS}
-ADMIN_TOKEN = "geoip-admin-token-0123456789"
+ADMIN_TOKEN = "geoip-admin-token-0123456789abcdefghij"
 
 
 # ---------------------------------------------------------------- databases and archives

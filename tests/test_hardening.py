@@ -18,7 +18,7 @@ from rybbit import create_app, keys, sites
 from rybbit.schemas import TrackEventSchema
 from rybbit.store import get_store
 
-ADMIN_TOKEN = "fuzz-admin-token-0123456789"
+ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdefghij"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -274,9 +274,9 @@ class TestReviewRegressions:
     def test_admin_token_from_the_environment_stays_text(
         self, instance_path: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setenv("RYBBIT_ADMIN_TOKEN", "0001234567890123456")
+        monkeypatch.setenv("RYBBIT_ADMIN_TOKEN", "00012345678901234567890123456789")
         app = create_app({"MONGO_URI": None})
         response = app.test_client().get(
-            "/api/admin/sites", headers={"Authorization": "Bearer 0001234567890123456"}
+            "/api/admin/sites", headers={"Authorization": "Bearer 00012345678901234567890123456789"}
         )
         assert response.status_code == 200

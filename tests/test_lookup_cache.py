@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from rybbit import keys, sites
 from rybbit.store import get_store
 
-TOKEN = "cache-test-admin-token-0123"
+TOKEN = "cache-test-admin-token-0123456789abcdef"
 CACHE_SECONDS = 0.5
 
 

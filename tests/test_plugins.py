@@ -20,7 +20,7 @@ from rybbit.store import get_store
 from tests.conftest import add_enricher, all_events
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = {"Authorization": "Bearer plugin-admin-token-0123"}
+ADMIN = {"Authorization": "Bearer plugin-admin-token-0123456789abcdefghij"}
 BUILTIN_NAMES = [name.rsplit(".", 1)[-1] for name in BUILTIN_PLUGINS]
 
 

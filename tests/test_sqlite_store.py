@@ -450,3 +450,16 @@ def test_export_dates_are_written_as_json_default_writes_them(millis: int) -> No
     match = sqlite_backend._DATE_TAG.match(f'{{"$date":{millis}}}')
     assert match is not None
     assert sqlite_backend._iso(match) == f'"{json_default(codec.from_ms(millis))}"'
+
+
+def test_an_event_json_cannot_hold_is_refused_alone(instance_path: Path) -> None:
+    from rybbit.storage import EventsRefused
+
+    app = create_app(CONFIG)
+    with app.app_context():
+        store = get_store()
+        events = [{"n": 0}, {"n": 1, "x": {1, 2}}, {"n": 2}, {"n": 3, "big": 2**70}]
+        with pytest.raises(EventsRefused) as raised:
+            store.commit_events(events)
+        assert sorted(raised.value.reasons) == [1, 3]
+        assert sorted(e["n"] for e in all_events(store)) == [0, 2]

@@ -58,9 +58,9 @@ def test_keys_by_hash_site_and_use(store: Any) -> None:
 def test_salts_one_per_day_and_deleted_by_day(store: Any) -> None:
     mine = {"_id": "2026-01-02", "salt": "aa", "created_at": T0 + timedelta(days=1)}
     theirs = {**mine, "salt": "bb"}
-    assert store.salt_for_day(mine, T0)["salt"] == "aa"
-    assert store.salt_for_day(theirs, T0)["salt"] == "aa", "the first stored salt wins"
-    store.salt_for_day({"_id": "2026-01-03", "salt": "cc", "created_at": T0}, T0)
+    assert store.salt_for_day(mine)["salt"] == "aa"
+    assert store.salt_for_day(theirs)["salt"] == "aa", "the first stored salt wins"
+    store.salt_for_day({"_id": "2026-01-03", "salt": "cc", "created_at": T0})
     assert store.delete_salts_before("2026-01-03") == 1
     assert [s["_id"] for s in store.list_salts()] == ["2026-01-03"]
 

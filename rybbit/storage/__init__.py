@@ -17,7 +17,7 @@ import threading
 import pymongo.errors
 from flask import Flask, current_app
 
-from ..store_errors import DuplicateKey, StoreUnavailable
+from ..store_errors import DuplicateKey, EventsRefused, StoreUnavailable
 from . import retention
 from .base import EventQuery, SessionExtend, SessionReplace, Storage
 from .migrate_montydb import migrate_if_needed
@@ -28,6 +28,7 @@ from .sqlite import FILENAME, SQLiteStorage
 __all__ = [
     "DuplicateKey",
     "EventQuery",
+    "EventsRefused",
     "MongoStorage",
     "SQLiteStorage",
     "SessionExtend",

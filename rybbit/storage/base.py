@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..group_commit import GroupCommit
+from ..store_errors import EventsRefused, StoreUnavailable
 from .retention import Retention
 
 Doc = dict[str, Any]
@@ -64,7 +65,7 @@ class Storage(ABC):
     embedded: bool
 
     def __init__(self, *, group_commit_max_events: int = 5000) -> None:
-        self.group_commit: GroupCommit[Doc, None] = GroupCommit(
+        self.group_commit: GroupCommit[Doc, Exception | None] = GroupCommit(
             self.insert_events, group_commit_max_events
         )
         # The events' kind and expiry (retention.py); configured by the store holder.
@@ -92,14 +93,23 @@ class Storage(ABC):
 
     def commit_events(self, events: list[Doc]) -> None:
         """Store events for a request, sharing one write with concurrent requests (see
-        group_commit); returns once they are acknowledged, raises as insert_events does."""
-        self.group_commit.submit(events)
+        group_commit); returns once they are acknowledged, raises as insert_events does.
+        When the store refused some of them, the others are stored and EventsRefused names
+        the refused ones (by position in ``events``); StoreUnavailable if any must be retried."""
+        outcomes = self.group_commit.submit(events)
+        failed = {i: error for i, error in enumerate(outcomes) if error is not None}
+        if any(isinstance(error, StoreUnavailable) for error in failed.values()):
+            raise StoreUnavailable("write error")
+        if failed:
+            raise EventsRefused({i: str(error) for i, error in failed.items()})
 
     @abstractmethod
-    def insert_events(self, events: list[Doc]) -> None:
+    def insert_events(self, events: list[Doc]) -> list[Exception | None] | None:
         """Store events in one write; one whose ``_id`` exists (a repeated ``event_id``) is
         skipped as already stored. Events without ``_id`` get one (set in the document, as
-        pymongo does). Any other failure raises, and the caller must not acknowledge."""
+        pymongo does). A failure of the whole write raises, and the caller must not
+        acknowledge. Where the store refuses single documents, the others are stored and the
+        result has, per event, None or the error for its sender (see write_errors)."""
 
     @abstractmethod
     def find_events(self, query: EventQuery, limit: int) -> list[Doc]:
@@ -188,9 +198,9 @@ class Storage(ABC):
     # -- identity salts ----------------------------------------------------------------------
 
     @abstractmethod
-    def salt_for_day(self, candidate: Doc, drop_before: datetime) -> Doc:
-        """Delete salts made before ``drop_before``, then the stored salt of the candidate's
-        day (``_id``): the candidate, inserted, unless another process stored one first."""
+    def salt_for_day(self, candidate: Doc) -> Doc:
+        """The stored salt of the candidate's day (``_id``): the candidate, inserted, unless
+        another process stored one first."""
 
     @abstractmethod
     def delete_salts_before(self, day: str) -> int:

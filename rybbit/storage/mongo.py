@@ -23,6 +23,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..metrics import store_write
 from ..store_errors import DuplicateKey, StoreUnavailable
+from ..write_errors import outcomes as per_document_outcomes
 from .base import Doc, EventQuery, SessionExtend, SessionReplace, Storage
 
 log = logging.getLogger(__name__)
@@ -169,17 +170,20 @@ class MongoStorage(Storage):
     # -- events ------------------------------------------------------------------------------
 
     @store_write  # metrics: each write's duration, and its errors
-    def insert_events(self, events: list[Doc]) -> None:
+    def insert_events(self, events: list[Doc]) -> list[Exception | None] | None:
         if not events:
-            return
+            return None
         if self.retention.prepare_insert(self):  # time-series: no unique _id, see retention.py
             self.retention.insert_timeseries(self, events)
-            return
+            return None
         try:
             with self.op():
                 self.events.insert_many(events, ordered=False)
         except DuplicateKey:
             pass  # only duplicates failed (translate_errors checks); the rest are stored
+        except pymongo.errors.BulkWriteError as exc:  # some documents refused, not the write
+            return per_document_outcomes(exc.details, len(events))
+        return None
 
     def _sorted_events(self, query: EventQuery) -> Any:
         direction = -1 if query.newest_first else 1
@@ -288,10 +292,9 @@ class MongoStorage(Storage):
 
     # -- identity salts ----------------------------------------------------------------------
 
-    def salt_for_day(self, candidate: Doc, drop_before: datetime) -> Doc:
+    def salt_for_day(self, candidate: Doc) -> Doc:
         salts = self.state("salts")
         with self.op():
-            salts.delete_many({"created_at": {"$lt": drop_before}})
             found = salts.find_one({"_id": candidate["_id"]})
         if found is not None:
             return found  # type: ignore[no-any-return]

@@ -40,6 +40,7 @@ from bson import ObjectId
 from ..jsonutil import json_default
 from ..metrics import store_write
 from ..store_errors import DuplicateKey, StoreUnavailable
+from ..write_errors import Refused
 from . import codec
 from .base import Doc, EventQuery, SessionExtend, SessionReplace, Storage
 
@@ -172,6 +173,26 @@ def _event_row(event: Doc, *, keyed: bool = False) -> tuple[Any, ...]:
         1 if keyed else None,
         codec.dumps(body),
     )
+
+
+def _event_rows(events: list[Doc]) -> tuple[list[tuple[Any, ...]], list[Exception | None] | None]:
+    """The rows of the events that can be stored, and per event None or why it cannot (a
+    value JSON cannot hold): that event fails alone, as a server's refusal would."""
+    try:
+        return [_event_row(event) for event in events], None
+    except (TypeError, ValueError, OverflowError):
+        pass
+    rows: list[tuple[Any, ...]] = []
+    outcomes: list[Exception | None] = []
+    for event in events:
+        try:
+            rows.append(_event_row(event))
+            outcomes.append(None)
+        except (TypeError, ValueError, OverflowError) as exc:
+            outcomes.append(Refused(None, f"cannot store this event: {exc}"))
+    refused = sum(outcome is not None for outcome in outcomes)
+    log.warning("store refused %d of %d events (not storable as JSON)", refused, len(events))
+    return rows, outcomes
 
 
 def _event_doc(key: str, text: str) -> Doc:
@@ -403,20 +424,21 @@ class SQLiteStorage(Storage):
     # -- events ------------------------------------------------------------------------------
 
     @store_write  # metrics: each write's duration, and its errors
-    def insert_events(self, events: list[Doc]) -> None:
+    def insert_events(self, events: list[Doc]) -> list[Exception | None] | None:
         if not events:
-            return
+            return None
         self.retention.prepare_insert(self)  # starts a purge when one is due; never waits
         if self._checkpointer is None:
             self._start_checkpoints()
-        rows = [_event_row(event) for event in events]
+        rows, outcomes = _event_rows(events)
         if len(rows) == 1:
             # One statement is one transaction already: no BEGIN and COMMIT round.
             with translate_errors():
                 self._conn().execute(_INSERT_EVENT, rows[0])
-            return
-        with self._write() as conn:
-            conn.executemany(_INSERT_EVENT, rows)
+        elif rows:
+            with self._write() as conn:
+                conn.executemany(_INSERT_EVENT, rows)
+        return outcomes
 
     def find_events(self, query: EventQuery, limit: int) -> list[Doc]:
         where, params, direction = _events_where(query)
@@ -616,9 +638,8 @@ class SQLiteStorage(Storage):
 
     # -- identity salts ----------------------------------------------------------------------
 
-    def salt_for_day(self, candidate: Doc, drop_before: datetime) -> Doc:
+    def salt_for_day(self, candidate: Doc) -> Doc:
         with self._write() as conn:
-            conn.execute("DELETE FROM salts WHERE created_at < ?", (codec.to_ms(drop_before),))
             conn.execute(
                 "INSERT OR IGNORE INTO salts (id, created_at, doc) VALUES (?, ?, ?)",
                 (candidate["_id"], codec.to_ms(candidate["created_at"]), codec.dumps(candidate)),

@@ -185,7 +185,7 @@ class ZNumber(_ZodField):
         try:
             as_float = float(value)
         except OverflowError:
-            as_float = math.copysign(math.inf, value)
+            as_float = math.inf if value > 0 else -math.inf  # what JavaScript reads it as
         # zod runs every check of the chain and reports each failure, in the chain's order.
         errors = []
         if self.integer and not as_float.is_integer():  # inf is not an integer either

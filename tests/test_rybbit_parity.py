@@ -205,6 +205,11 @@ class TestZodMessages:
             ("-1e400", ["Expected integer, received float", "Number must be greater than 0"]),
             ("-1.5", ["Expected integer, received float", "Number must be greater than 0"]),
             ("0.5", ["Expected integer, received float"]),
+            ("1" + "0" * 400, ["Expected integer, received float"]),
+            (
+                "-1" + "0" * 400,
+                ["Expected integer, received float", "Number must be greater than 0"],
+            ),
         ],
     )
     def test_screen_sizes(

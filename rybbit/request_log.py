@@ -63,8 +63,9 @@ def _fields(response: Response) -> dict[str, Any]:
     elif response.status_code == 403 and payload:
         # A refused key: its prefix (only of a well-formed key) tells which one is still in use.
         fields["site_id"] = str(payload["site_id"])  # the site exists: otherwise a 404
-        if keys.KEY_FORMAT.fullmatch(payload["api_key"]):
-            fields["key_prefix"] = keys.key_prefix(payload["api_key"])
+        api_key = payload.get("api_key")  # none on a keyless event from a refused origin
+        if api_key is not None and keys.KEY_FORMAT.fullmatch(api_key):
+            fields["key_prefix"] = keys.key_prefix(api_key)
     return fields
 
 

@@ -32,7 +32,7 @@ from .store_errors import DuplicateKey, StoreUnavailable
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "rybbit.store"
-COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions")
+COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions", "user_aliases", "user_profiles")
 
 
 # montydb raises its own duplicate-key errors (inserts, and upserts in its storage layer).

@@ -33,7 +33,7 @@ from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
 from .ratelimit import keyless_request
-from .schemas import SiteId, ZString, js_trim, js_type
+from .schemas import IpAddress, SiteId, ZString, js_trim, js_type
 from .store import Store, get_store
 
 bp = Blueprint("browser", __name__)
@@ -178,6 +178,9 @@ class IdentifySchema(Schema):
     site_id = SiteId(required=True, min_length=1, max_length=255)
     user_id = TrimmedString(required=True, max_length=255)
     api_key = ZString()
+    # The visitor, as a server reports it (with a key only; ignored from browsers).
+    ip_address = IpAddress()
+    user_agent = ZString(max_length=512)
     traits = Traits()
     is_new_identify = StrictBool(load_default=True)
 
@@ -204,6 +207,8 @@ def _authenticate_identify() -> None:
         request_log.note_key(site, g.api_key)
     else:
         check_origin(site)
+        for name in UNTRUSTED_OVERRIDES:
+            payload.pop(name, None)
         g.api_key = None
     g.site = site
 
@@ -221,7 +226,7 @@ def identify() -> ResponseReturnValue:
     user_id = holder["user_id"]
     now = datetime.now(UTC)
     if payload["is_new_identify"]:
-        visitor = anonymous_id(store, site, now)
+        visitor = anonymous_id(store, site, payload, now)
         if visitor is not None:
             aliases.save_alias(store, site["_id"], visitor, user_id, now)
     if payload.get("traits"):
@@ -229,18 +234,26 @@ def identify() -> ResponseReturnValue:
     return jsonify(success=True)
 
 
-def anonymous_id(store: Store, site: dict[str, Any], now: datetime) -> str | None:
+def anonymous_id(
+    store: Store, site: dict[str, Any], payload: dict[str, Any], now: datetime
+) -> str | None:
     """The id the identity enricher gives this visitor's anonymous events (same site, IP and
-    user agent, same day), or None when no such enricher is loaded."""
+    user agent, same day). The visitor is the browser that sent the request; for a server
+    (a keyed request) the one its ``ip_address`` and ``user_agent`` name, and none when it
+    names neither (its own address and agent are no visitor's). None too when no identity
+    enricher is loaded."""
     runner = current_app.extensions[RUNNER_KEY]
     identity = next((e for e in runner.enrichers if e.name == "identity"), None)
-    if identity is None:
+    keyed = g.api_key is not None
+    if identity is None or (keyed and not ("ip_address" in payload or "user_agent" in payload)):
         return None
     probe: dict[str, Any] = {"site_id": site["_id"]}
+    if keyed and "user_agent" in payload:
+        probe["user_agent"] = payload["user_agent"]
     context = EnrichmentContext(
         site=site,
         remote_addr=request.remote_addr,
-        client_ip=request.remote_addr,
+        client_ip=payload.get("ip_address") or request.remote_addr,
         headers=request.headers,
         received_at=now,
         store=store,

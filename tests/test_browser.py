@@ -385,12 +385,30 @@ class TestIdentify:
         assert response.status_code == 403
         assert response.get_json() == {"success": False, "error": "Origin not allowed"}
 
-    def test_a_server_identifies_with_its_key(
-        self, client: FlaskClient, site: dict[str, Any], api_key: str
+    def test_a_server_identifies_with_its_key_for_the_visitor_it_names(
+        self, client: FlaskClient, site: dict[str, Any], api_key: str, post: Any, stored_events: Any
     ) -> None:
         body = {"site_id": site["site_id"], "user_id": "u"}
-        ok = client.post("/api/identify", json=body, headers={"Authorization": f"Bearer {api_key}"})
-        assert ok.status_code == 200
+        bearer = {"Authorization": f"Bearer {api_key}", "User-Agent": "WordPress/6.5"}
+        assert client.post("/api/identify", json=body, headers=bearer).status_code == 200
+        visitor = {"ip_address": "203.0.113.5", "user_agent": CHROME}
+        named = client.post("/api/identify", json={**body, **visitor}, headers=bearer)
+        assert named.status_code == 200
+        # The visitor's keyless event is theirs; a keyless identify cannot name another one.
+        client.post(
+            "/api/identify",
+            json={**body, "user_id": "intruder", **visitor},
+            headers={**PAGE, "User-Agent": "Other/1"},
+        )
+        response = client.post(
+            "/api/track",
+            json={"site_id": site["site_id"]},
+            headers=PAGE,
+            environ_base={"REMOTE_ADDR": "203.0.113.5"},
+        )
+        assert response.status_code == 200
+        (event,) = stored_events()
+        assert event["user_id"] == "u"
         bad = client.post("/api/identify", json=body, headers={"Authorization": "Bearer rb_nope"})
         assert bad.status_code == 403
 

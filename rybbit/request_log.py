@@ -60,6 +60,10 @@ def _fields(response: Response) -> dict[str, Any]:
             # The address the event is attributed to: the body's, else the peer's.
             body_ip = payload.get("ip_address") if payload else None
             fields["client_ip"] = body_ip or req.remote_addr
+    elif getattr(state, "api_key", False) is None and getattr(state, "site", None) is not None:
+        # A keyless (browser) request whose origin was accepted: its site, and no key.
+        fields["site_id"] = str(state.site["_id"])
+        fields["keyless"] = True
     elif response.status_code == 403 and payload:
         # A refused key: its prefix (only of a well-formed key) tells which one is still in use.
         fields["site_id"] = str(payload["site_id"])  # the site exists: otherwise a 404

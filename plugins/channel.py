@@ -1,11 +1,21 @@
-"""channel: Rybbit's traffic channel, and the referrer emptied for self-referrals.
+"""channel: Rybbit's traffic channel, and the referrer emptied for same-host navigation.
 
-Follows Rybbit's ``getChannel``: UTM parameters first (source, medium, campaign; ``gclid`` and
-``gad_source`` mark paid traffic), then the referrer's domain against lists of search engines,
-social networks, video, shopping, email and AI sites. Channels: Direct, Internal, Cross-Network,
-Paid Search, Paid Social, Paid Video, Paid Shopping, Paid AI, Display, Paid Unknown,
-Organic Search, Organic Social, Organic Video, Organic Shopping, AI, Email, SMS, Affiliate,
-Audio, Push, Influencer, Content, Event, Referral, Unknown.
+Computed as Rybbit's tracker does (``getChannel`` and ``clearSelfReferrer``; the lists are in
+plugins/channel_lists.py):
+
+- A referrer whose host is the event's ``hostname``, exactly, is emptied first; the event is
+  then Direct unless UTM parameters say more. A referrer from another host of the same site
+  (``www.`` or a subdomain) is kept, and such an event is never Referral.
+- UTM parameters are the ``querystring``'s keys that start with ``utm_`` in lower case
+  (``utm_Source`` counts as ``utm_source``; ``UTM_SOURCE`` does not count), plus ``gclid`` and
+  ``gad_source``; their values are compared in lower case, the last of a repeated key winning.
+- A referrer's host is taken as a WHATWG URL parser takes it (Ada, the parser inside Node's
+  ``URL``): a referrer that does not parse as an absolute URL counts as none.
+
+Channels: Direct, Internal, Cross-Network, Paid Search, Paid Social, Paid Video,
+Paid Shopping, Paid AI, Display, Paid Influencer, Paid Audio, Paid Unknown, Organic Search,
+Organic Social, Organic Video, Organic Shopping, AI, Email, SMS, News, Productivity,
+Affiliate, Referral, Audio, Push, Influencer, Content, Event, Unknown.
 """
 
 from __future__ import annotations
@@ -13,213 +23,51 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl
 
+import ada_url
+
+from plugins.channel_lists import (
+    APP_IDS,
+    DOMAINS,
+    MEDIUMS,
+    PAID_MEDIUM_PARTS,
+    PAID_SOURCE_PARTS,
+    SOURCES,
+)
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
 
-# Entries ending in "." match the brand under any top-level domain ("google." matches
-# google.de and www.google.co.uk); others match the domain and its subdomains.
-DOMAINS: dict[str, tuple[str, ...]] = {
-    "ai": (
-        "chatgpt.com",
-        "chat.openai.com",
-        "claude.ai",
-        "gemini.google.com",
-        "copilot.microsoft.com",
-        "perplexity.ai",
-        "meta.ai",
-        "mistral.ai",
-        "chat.mistral.ai",
-        "grok.com",
-        "you.com",
-        "deepseek.com",
-        "chat.deepseek.com",
-        "poe.com",
-        "pi.ai",
-        "phind.com",
-    ),
-    "email": (
-        "mail.google.com",
-        "outlook.live.com",
-        "outlook.office.com",
-        "outlook.office365.com",
-        "mail.yahoo.com",
-        "mail.proton.me",
-        "app.fastmail.com",
-        "mail.zoho.com",
-        "e.mail.ru",
-        "mail.qq.com",
-        "webmail.",
-    ),
-    "referral": (
-        "accounts.google.com",
-        "docs.google.com",
-        "drive.google.com",
-        "sites.google.com",
-        "calendar.google.com",
-        "classroom.google.com",
-        "meet.google.com",
-        "translate.google.com",
-    ),
-    "search": (
-        "google.",
-        "bing.",
-        "yahoo.",
-        "duckduckgo.com",
-        "baidu.",
-        "yandex.",
-        "ya.ru",
-        "ecosia.org",
-        "search.brave.com",
-        "startpage.com",
-        "naver.com",
-        "seznam.cz",
-        "kagi.com",
-        "qwant.com",
-        "sogou.com",
-        "so.com",
-        "ask.com",
-        "aol.",
-        "search.",
-    ),
-    "social": (
-        "facebook.com",
-        "fb.com",
-        "fb.me",
-        "m.facebook.com",
-        "l.facebook.com",
-        "instagram.",
-        "t.co",
-        "twitter.com",
-        "x.com",
-        "linkedin.com",
-        "lnkd.in",
-        "tiktok.",
-        "reddit.com",
-        "t.me",
-        "telegram.org",
-        "wa.me",
-        "whatsapp.com",
-        "discord.com",
-        "discord.gg",
-        "medium.com",
-        "threads.net",
-        "mastodon.",
-        "news.ycombinator.com",
-        "bsky.app",
-        "pinterest.",
-        "snapchat.com",
-        "tumblr.com",
-        "vk.com",
-        "weibo.com",
-        "line.me",
-        "ok.ru",
-        "quora.com",
-        "lemmy.",
-    ),
-    "video": (
-        "youtube.com",
-        "youtu.be",
-        "m.youtube.com",
-        "vimeo.com",
-        "twitch.tv",
-        "dailymotion.com",
-        "netflix.com",
-        "rumble.com",
-        "ted.com",
-        "kick.com",
-        "bilibili.com",
-        "iqiyi.com",
-    ),
-    "shopping": (
-        "amazon.",
-        "ebay.",
-        "etsy.com",
-        "walmart.com",
-        "aliexpress.com",
-        "shopify.com",
-        "shein.com",
-        "bestbuy.com",
-        "ikea.com",
-        "taobao.com",
-        "flipkart.com",
-        "mercadolibre.com",
-        "allegro.pl",
-        "shopee.com",
-        "temu.com",
-        "target.com",
-    ),
+NO_REFERRER = "$direct"  # Rybbit's referring domain for no or an unparsable referrer
+_APP_ID = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+_APP_ID_KIND = {app_id: kind for kind, ids in APP_IDS for app_id in ids}
+_APP_CHANNELS = {
+    "social": "Organic Social",
+    "video": "Organic Video",
+    "ai": "AI",
+    "search": "Organic Search",
+    "email": "Email",
+    "shopping": "Organic Shopping",
+    "news": "News",
+    "productivity": "Productivity",
 }
-# utm_source values that name a source outright.
-SOURCE_NAMES: dict[str, tuple[str, ...]] = {
-    "ai": ("chatgpt", "openai", "claude", "perplexity", "gemini", "copilot"),
-    "search": ("google", "bing", "yahoo", "duckduckgo", "baidu", "yandex", "ecosia", "brave"),
-    "social": (
-        "facebook",
-        "fb",
-        "instagram",
-        "ig",
-        "twitter",
-        "x",
-        "linkedin",
-        "li",
-        "tw",
-        "meta",
-        "tiktok",
-        "reddit",
-        "pinterest",
-        "threads",
-        "bluesky",
-        "mastodon",
-        "snapchat",
-    ),
-    "video": ("youtube", "yt", "vimeo", "twitch"),
-    "shopping": ("amazon", "ebay", "etsy", "shopify", "shop"),
-    "email": ("email", "e-mail", "newsletter", "mailchimp", "klaviyo", "sendgrid", "brevo"),
-    "sms": ("sms", "text"),
-}
-MEDIUMS: dict[str, tuple[str, ...]] = {
-    "ai": ("ai", "llm"),
-    "social": ("social", "social-media", "social_media", "sm", "social-network"),
-    "video": ("video",),
-    "display": ("display", "banner", "expandable", "interstitial"),
-    "affiliate": ("affiliate", "affiliates", "partner"),
-    "referral": ("referral", "link"),
-    "email": ("email", "e-mail", "e_mail", "newsletter"),
-    "push": ("push", "notification", "web-push"),
-    "audio": ("audio", "podcast", "radio"),
-    "influencer": ("influencer", "creator"),
-    "cpc": ("cpc", "ppc", "paid-search", "paidsearch", "adwords", "sem"),
-    "cpm": ("cpm",),
-    "content": ("content", "blog", "article"),
-    "event": ("event", "webinar", "conference"),
-}
-PAID_WORDS = {
-    "cpc",
-    "ppc",
-    "cpm",
-    "cpa",
-    "cpv",
-    "paid",
-    "ad",
-    "ads",
-    "advertising",
-    "sponsored",
-    "promotion",
-    "display",
-    "banner",
-    "sem",
-    "adwords",
-}
-PAID_SOURCES = ("google ads", "googleads", "bing ads", "microsoft ads", "facebook ads", "meta ads")
-PAID = {
+PAID_BY_SOURCE = {
     "ai": "Paid AI",
     "search": "Paid Search",
     "social": "Paid Social",
     "video": "Paid Video",
     "shopping": "Paid Shopping",
 }
-ORGANIC = {
+PAID_BY_MEDIUM = {
+    "ai": "Paid AI",
+    "social": "Paid Social",
+    "video": "Paid Video",
+    "display": "Display",
+    "cpm": "Display",
+    "cpc": "Paid Search",
+    "influencer": "Paid Influencer",
+    "audio": "Paid Audio",
+}
+ORGANIC_BY_SOURCE = {
     "ai": "AI",
     "search": "Organic Search",
     "social": "Organic Social",
@@ -227,8 +75,10 @@ ORGANIC = {
     "shopping": "Organic Shopping",
     "email": "Email",
     "sms": "SMS",
+    "news": "News",
+    "productivity": "Productivity",
 }
-BY_MEDIUM = {
+ORGANIC_BY_MEDIUM = {
     "ai": "AI",
     "social": "Organic Social",
     "video": "Organic Video",
@@ -242,124 +92,149 @@ BY_MEDIUM = {
     "event": "Event",
     "email": "Email",
 }
-PAID_BY_MEDIUM = {
-    "ai": "Paid AI",
-    "social": "Paid Social",
-    "video": "Paid Video",
-    "display": "Display",
-    "cpm": "Display",
-    "cpc": "Paid Search",
-    "influencer": "Paid Influencer",
-    "audio": "Paid Audio",
-}
-CAMPAIGN_HINTS = (
-    (re.compile(r"\bai\b|chatgpt|claude|gemini|copilot|llm"), "AI"),
-    (re.compile(r"video"), "Organic Video"),
-    (re.compile(r"shop|shopping"), "Organic Shopping"),
-    (re.compile(r"influencer|creator|sponsored"), "Influencer"),
-    (re.compile(r"event|conference|webinar"), "Event"),
-    (re.compile(r"social|facebook|twitter|instagram|linkedin"), "Organic Social"),
+# utm_campaign words, last resort; ASCII word boundaries as in JavaScript.
+CAMPAIGN_HINTS = tuple(
+    (re.compile(pattern, re.ASCII), name)
+    for pattern, name in (
+        (r"\bai\b|chatgpt|claude|gemini|copilot|llm", "AI"),
+        (r"video", "Organic Video"),
+        (r"shop|shopping", "Organic Shopping"),
+        (r"influencer|creator|sponsored", "Influencer"),
+        (r"event|conference|webinar", "Event"),
+        (r"social|facebook|twitter|instagram|linkedin", "Organic Social"),
+    )
 )
 
 
-def host_of(url: str) -> str:
-    """The lower-case host of a URL, without "www."; "" when there is none."""
+@lru_cache(maxsize=4096)
+def referring_domain(referrer: str) -> str:
+    """The referrer URL's host as ``new URL(referrer).hostname`` gives it; NO_REFERRER for no
+    referrer or one that is not an absolute URL."""
+    if not referrer:
+        return NO_REFERRER
     try:
-        host = urlsplit(url if "//" in url else "//" + url).hostname or ""
+        return str(ada_url.parse_url(referrer, attributes=("hostname",))["hostname"])
     except ValueError:
-        return ""
-    return host.removeprefix("www.")
+        return NO_REFERRER
 
 
-def _matches(host: str, entry: str) -> bool:
-    if entry.endswith("."):  # a brand under any TLD: a whole label
-        return host.startswith(entry) or f".{entry}" in f".{host}"
-    return host == entry or host.endswith("." + entry)
+def utm_params(querystring: str) -> dict[str, str]:
+    """utm_* keys (as sent lower-case ``utm_``, then lower-cased whole), gclid and gad_source,
+    values lower-cased; form-decoded as URLSearchParams decodes them."""
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(querystring.removeprefix("?"), keep_blank_values=True):
+        if key.startswith("utm_") or key in ("gclid", "gad_source"):
+            params[key.lower()] = value.lower()
+    return params
+
+
+def is_self_referral(domain: str, hostname: str) -> bool:
+    """The referring domain is the page's host or one of its subdomains, ``www.`` aside."""
+    if not domain or not hostname:
+        return False
+    domain, hostname = domain.removeprefix("www."), hostname.removeprefix("www.")
+    return domain == hostname or domain.endswith("." + hostname)
 
 
 @lru_cache(maxsize=4096)
-def source_type(value: str) -> str | None:
-    """ "search", "social", ... for a referrer host or utm_source; the longest match wins."""
-    value = value.lower().strip()
-    if not value:
-        return None
-    host = host_of(value) if ("/" in value or "." in value) else ""
-    best: tuple[int, str] | None = None
-    if host:
-        for kind, entries in DOMAINS.items():
-            for entry in entries:
-                if _matches(host, entry) and (best is None or len(entry) > best[0]):
-                    best = (len(entry), kind)
-    if best:
-        return best[1]
-    for kind, names in SOURCE_NAMES.items():
-        if value in names:
+def source_type(source: str) -> str:
+    """ "ai", "search", "social", ... for a utm_source or referring domain; "mobile-app" for
+    an unknown app id, "direct" for anything else."""
+    lowered = source.lower()
+    for kind, domains in DOMAINS:
+        if any(domain in lowered for domain in domains):
             return kind
-    return None
+    for kind, names in SOURCES:
+        if lowered in names:
+            return kind
+    if _APP_ID.match(source):
+        return _APP_ID_KIND.get(source, "mobile-app")
+    return "direct"
 
 
-def medium_type(medium: str) -> str | None:
-    medium = medium.lower()
-    for kind, names in MEDIUMS.items():
-        if medium in names:
+def medium_type(medium: str) -> str:
+    lowered = medium.lower()
+    for kind, names in MEDIUMS:
+        if lowered in names:
             return kind
-    return None
+    return "organic"
 
 
 def is_paid(medium: str, source: str) -> bool:
-    words = set(re.split(r"[^a-z0-9]+", medium.lower()))
-    return bool(words & PAID_WORDS) or any(s in source.lower() for s in PAID_SOURCES)
+    medium, source = medium.lower(), source.lower()
+    return any(part in medium for part in PAID_MEDIUM_PARTS) or any(
+        part in source for part in PAID_SOURCE_PARTS
+    )
 
 
-def channel(referrer_host: str, params: dict[str, str], self_referral: bool) -> str:
-    source = params.get("utm_source", "").lower()
-    medium = params.get("utm_medium", "").lower()
-    campaign = params.get("utm_campaign", "").lower()
-    tagged = source or medium or campaign or params.get("gclid") or params.get("gad_source")
-    if not tagged:
-        if self_referral:
-            return "Internal"
-        if not referrer_host:
-            return "Direct"
-    kind = source_type(source or referrer_host)
-    paid = is_paid(medium, source) or bool(params.get("gclid") or params.get("gad_source"))
+def app_channel(app_id: str) -> str | None:
+    """The channel of a utm_source that is an app id containing a known one."""
+    lowered = app_id.lower()
+    for kind, ids in APP_IDS:
+        if any(known in lowered for known in ids):
+            return _APP_CHANNELS[kind]
+    return None
+
+
+def channel(referrer: str, querystring: str, hostname: str) -> str:
+    """Rybbit's channel for a (self-referrer-cleared) referrer, querystring and hostname."""
+    utm = utm_params(querystring)
+    domain = referring_domain(referrer)
+    self_referral = is_self_referral(domain, hostname)
+    source = utm.get("utm_source", "")
+    medium = utm.get("utm_medium", "")
+    campaign = utm.get("utm_campaign", "")
+    click_id = utm.get("gclid", "") or utm.get("gad_source", "")
+
+    if source and _APP_ID.match(source):
+        found = app_channel(source)
+        if found:
+            return found
+    if not (referrer or source or medium or campaign or click_id):
+        return "Direct"
+
+    kind = source_type(source or domain)
+    medium_kind = medium_type(medium)
     if campaign == "cross-network":
         return "Cross-Network"
-    if not referrer_host and not medium and not campaign and source in ("", "direct", "(direct)"):
-        if not paid:
-            return "Direct"
-    if paid:
-        if kind in PAID:
-            return PAID[kind]
-        return PAID_BY_MEDIUM.get(medium_type(medium) or "", "Paid Unknown")
-    if kind in ORGANIC:
-        return ORGANIC[kind]
-    by_medium = BY_MEDIUM.get(medium_type(medium) or "")
-    if by_medium:
-        return by_medium
+    if (
+        (domain == NO_REFERRER or (not referrer and not self_referral))
+        and not medium
+        and not campaign
+        and source in ("", "direct", "(direct)")
+    ):
+        return "Direct"
+    if is_paid(medium, source) or click_id:
+        return PAID_BY_SOURCE.get(kind) or PAID_BY_MEDIUM.get(medium_kind, "Paid Unknown")
+    organic = ORGANIC_BY_SOURCE.get(kind) or ORGANIC_BY_MEDIUM.get(medium_kind)
+    if organic:
+        return organic
     for pattern, name in CAMPAIGN_HINTS:
-        if campaign and pattern.search(campaign):
+        if pattern.search(campaign):
             return name
-    if tagged or (referrer_host and not self_referral):
+    if (source or medium or campaign or domain != NO_REFERRER) and not self_referral:
         return "Referral"
     return "Unknown"
 
 
+def clear_self_referrer(referrer: str, hostname: str) -> str:
+    """The referrer, emptied when its host is exactly the page's (navigation within the site)."""
+    if referrer and hostname and hostname != NO_REFERRER:
+        if referring_domain(referrer) == hostname:
+            return ""
+    return referrer
+
+
 class ChannelEnricher(Enricher):
     name = "channel"
-    after = ("url_params",)
+    after = ("url_params",)  # keeps the chain's documented order; channel reads none of it
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
-        referrer = event.get("referrer") or ""
-        referrer_host = host_of(referrer) if referrer else ""
-        own = {host_of(h) for h in (context.site.get("domain"), event.get("hostname")) if h}
-        self_referral = bool(referrer_host) and any(
-            referrer_host == h or referrer_host.endswith("." + h) for h in own
-        )
-        if self_referral:
-            event["referrer"] = ""
-        params = {k: v.lower() for k, v in (event.get("url_parameters") or {}).items()}
-        event["channel"] = channel(referrer_host, params, self_referral)
+        hostname = event.get("hostname") or ""
+        referrer = clear_self_referrer(event.get("referrer") or "", hostname)
+        if "referrer" in event:
+            event["referrer"] = referrer
+        event["channel"] = channel(referrer, event.get("querystring") or "", hostname)
 
 
 @hookimpl

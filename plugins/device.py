@@ -5,6 +5,10 @@ improvements over Rybbit: tablets are their own type, and an app's own user agen
 ``MyApp/1.0 (Linux; x64)`` is not taken for a phone or a desktop browser; such events are
 "Unknown" unless the screen size says more (see the screen enricher).
 
+Browser and OS names and versions are ua-parser-js 2.x's, as Rybbit stores them
+(``Mobile Chrome``, ``macOS`` ``10.15.7``; none for HTTP clients): plugins/device_names.py
+maps uap-core's families and versions to them.
+
 user-agents parses with ua-parser's legacy pure-Python path (~500 us per string). Here the
 same uap-core regexes run in ua-parser 1.x's native extractors (ua-parser-rs, ~7 us for the
 three of them), and user-agents' rules are applied to the extracted families directly, without
@@ -24,6 +28,7 @@ import ua_parser
 import ua_parser_rs
 import user_agents.parsers
 
+from plugins import device_names
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
 
 DEVICE_TYPES = ("Desktop", "Mobile", "Tablet", "TV", "Console", "Wearable", "Bot", "Unknown")
@@ -56,6 +61,8 @@ _KINDS = {
     "Wearable": ("watch os", "watchos", "wear os", "wearos", "apple watch", "; sm-r", " watch"),
 }
 _KIND_OF_MARKER = {marker: kind for kind, markers in _KINDS.items() for marker in markers}
+# A "(compatible; Crawler/2.1; +https://...)" comment, where crawlers name themselves.
+_COMPATIBLE = re.compile(r"\([^()]*compatible[^()]*\)")
 
 # user-agents' own family lists, as frozensets for O(1) lookups: its classification, without
 # building its objects.
@@ -98,9 +105,14 @@ def _extractors() -> tuple[Any, Any, Any, Any]:
     )
 
 
-def _version(*parts: str | None) -> tuple[int | str, ...]:
-    # user-agents' parse_version: the parts present, digits as ints.
-    return tuple(int(p) if p.isdigit() else p for p in parts if p is not None)
+def _parts(*parts: str | None) -> tuple[str, ...]:
+    """The version parts uap-core found, up to the first missing one."""
+    found: list[str] = []
+    for part in parts:
+        if part is None:
+            break
+        found.append(part)
+    return tuple(found)
 
 
 def device_type(ua_string: str, browser: str, os_family: str, os_version: str, device: str) -> str:
@@ -160,15 +172,19 @@ def device_type(ua_string: str, browser: str, os_family: str, os_version: str, d
 
 @lru_cache(maxsize=8192)
 def describe(ua_string: str) -> tuple[tuple[str, Any], ...]:
-    """The stored fields for one user agent, cached: most traffic repeats a few hundred."""
+    """The stored fields for one user agent, cached: most traffic repeats a few hundred.
+
+    device_type follows user-agents' rules on uap-core's families; the browser and OS fields
+    are named and versioned as ua-parser-js gives them, which is what Rybbit stores."""
     extract_browser, extract_os, extract_device, _ = _extractors()
-    browser = extract_browser(ua_string)
-    os_ = extract_os(ua_string)
+    found_browser = extract_browser(ua_string)
+    found_os = extract_os(ua_string)
     device = extract_device(ua_string)
-    browser_family = browser.family if browser else "Other"
+    browser_family = found_browser.family if found_browser else "Other"
     os_family, os_version = "Other", ()
-    if os_:
-        os_family, os_version = os_.family, _version(os_.major, os_.minor, os_.patch)
+    if found_os:
+        os_family = found_os.family
+        os_version = _parts(found_os.major, found_os.minor, found_os.patch, found_os.patch_minor)
     fields: list[tuple[str, Any]] = [
         (
             "device_type",
@@ -176,20 +192,30 @@ def describe(ua_string: str) -> tuple[tuple[str, Any], ...]:
                 ua_string,
                 browser_family,
                 os_family,
-                ".".join(map(str, os_version)),
+                ".".join(os_version[:3]),
                 device.family if device else "Other",
             ),
         )
     ]
-    if browser_family != "Other":
-        fields.append(("browser", browser_family))
-        version = _version(browser.major, browser.minor, browser.patch)
+    name, major = device_names.browser(
+        ua_string, browser_family, found_browser.major if found_browser else None
+    )
+    hiding = device_names.token_hiding_the_browser(
+        ua_string, browser_family, device is not None and device.family == "Spider"
+    )
+    if hiding:
+        behind = extract_browser(_COMPATIBLE.sub("", ua_string).replace(hiding, ""))
+        if behind:
+            name, major = device_names.browser(ua_string, behind.family, behind.major)
+    if name:
+        fields.append(("browser", name))
+        if major:
+            fields.append(("browser_version", major))
+    name, version = device_names.operating_system(ua_string, os_family, os_version)
+    if name:
+        fields.append(("operating_system", name))
         if version:
-            fields.append(("browser_version", str(version[0])))
-    if os_family != "Other":
-        fields.append(("operating_system", os_family))
-        if os_version:
-            fields.append(("operating_system_version", ".".join(map(str, os_version[:2]))))
+            fields.append(("operating_system_version", version))
     return tuple(fields)
 
 

@@ -149,7 +149,9 @@ class GeoEnricher(Enricher):
         if not country:
             return
         event["country"] = country
-        subdivision = found.subdivisions.most_specific.iso_code
+        # Rybbit's region: the country and the first (largest) subdivision, GB-ENG for
+        # Cambridge, not the most specific one (GB-CAM).
+        subdivision = found.subdivisions[0].iso_code if found.subdivisions else None
         if subdivision:
             event["region"] = f"{country}-{subdivision}"
         city = found.city.names.get("en")

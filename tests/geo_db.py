@@ -10,14 +10,22 @@ from netaddr import IPSet
 
 
 def city(
-    country: str, subdivision: str | None, name: str | None, lat: float, lon: float, zone: str
+    country: str,
+    subdivision: str | tuple[str, ...] | None,
+    name: str | None,
+    lat: float,
+    lon: float,
+    zone: str,
 ) -> dict[str, Any]:
+    """A City record; ``subdivision`` may be several codes, largest first, as MaxMind lists
+    them (England, then Cambridgeshire)."""
     record: dict[str, Any] = {
         "country": {"iso_code": country, "names": {"en": country}},
         "location": {"latitude": MmdbF64(lat), "longitude": MmdbF64(lon), "time_zone": zone},
     }
-    if subdivision:
-        record["subdivisions"] = [{"iso_code": subdivision, "names": {"en": subdivision}}]
+    codes = (subdivision,) if isinstance(subdivision, str) else subdivision or ()
+    if codes:
+        record["subdivisions"] = [{"iso_code": code, "names": {"en": code}} for code in codes]
     if name:
         record["city"] = {"names": {"en": name, "de": name + " (de)"}}
     return record
@@ -25,6 +33,7 @@ def city(
 
 NETWORKS = {
     "81.2.69.0/24": city("GB", "ENG", "London", 51.5142, -0.0931, "Europe/London"),
+    "81.2.70.0/24": city("GB", ("ENG", "CAM"), "Cambridge", 52.2, 0.1167, "Europe/London"),
     "89.160.20.112/28": city("SE", "E", "Linköping", 58.4167, 15.6167, "Europe/Stockholm"),
     "2a02:cf40::/29": city("NO", None, None, 62.0, 10.0, "Europe/Oslo"),
     # A public range mapped (as real databases do) together with the private one below.

@@ -53,6 +53,7 @@ class TestGeo:
                     "timezone": "Europe/Stockholm",
                 },
             ),
+            ("81.2.70.7", {"country": "GB", "region": "GB-ENG", "city": "Cambridge"}),
             ("2a02:cf40::1", {"country": "NO", "timezone": "Europe/Oslo"}),
             ("::ffff:81.2.69.160", {"country": "GB", "city": "London"}),
         ],
@@ -325,7 +326,7 @@ UA_TABLE = [
         "Desktop",
         "Safari",
         "17",
-        "Mac OS X",
+        "macOS",
     ),
     (
         "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
@@ -351,7 +352,7 @@ UA_TABLE = [
     (
         "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
         "Mobile",
-        "Chrome Mobile",
+        "Mobile Chrome",
         "124",
         "Android",
     ),
@@ -379,7 +380,7 @@ UA_TABLE = [
     (
         "Mozilla/5.0 (Linux; Android 9; AFTMM) AppleWebKit/537.36 (KHTML, like Gecko) Silk/102.2.1 like Chrome/102.0.5005.125 Safari/537.36",
         "TV",
-        "Amazon Silk",
+        "Silk",
         "102",
         "Android",
     ),
@@ -395,7 +396,7 @@ UA_TABLE = [
         "Console",
         "Edge",
         "18",
-        "Windows",
+        "Xbox",
     ),
     (
         "Mozilla/5.0 (Linux; Android 11; SM-R890) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.104 Mobile Safari/537.36",
@@ -407,8 +408,8 @@ UA_TABLE = [
     (
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
         "Bot",
-        "Googlebot",
-        "2",
+        None,
+        None,
         None,
     ),
     ("MyApp/1.0 (Linux; x64)", "Unknown", None, None, "Linux"),
@@ -506,9 +507,10 @@ EDGE_USER_AGENTS = [
 ]
 
 
-def _user_agents_fields(ua: str) -> dict[str, Any]:
-    """The device enricher's fields as user-agents' own UserAgent computes them, fed by the
-    same ua-parser 1.x parse, with the kind markers found by Python's re."""
+def _user_agents_device_type(ua: str) -> str:
+    """The device type as user-agents' own UserAgent computes it, fed by the same ua-parser
+    1.x parse, with the kind markers found by Python's re. (Browser and OS names follow
+    ua-parser-js instead: tests/test_device_parity.py.)"""
     import re
 
     import ua_parser
@@ -543,21 +545,12 @@ def _user_agents_fields(ua: str) -> dict[str, Any]:
         device_type = "Desktop"
     else:
         device_type = "Unknown"
-    fields: dict[str, Any] = {"device_type": device_type}
-    if agent.browser.family != "Other":
-        fields["browser"] = agent.browser.family
-        if agent.browser.version:
-            fields["browser_version"] = str(agent.browser.version[0])
-    if agent.os.family != "Other":
-        fields["operating_system"] = agent.os.family
-        if agent.os.version:
-            fields["operating_system_version"] = ".".join(map(str, agent.os.version[:2]))
-    return fields
+    return device_type
 
 
 def test_device_classification_is_user_agents_own() -> None:
-    """describe() applies user-agents' rules without building its objects: same fields on
-    the test table, the edge cases, every crawler example and a benchmark-like mix."""
+    """describe() applies user-agents' rules without building its objects: same device type
+    on the test table, the edge cases, every crawler example and a benchmark-like mix."""
     import random
 
     from crawleruseragents import CRAWLER_USER_AGENTS_DATA
@@ -567,7 +560,9 @@ def test_device_classification_is_user_agents_own() -> None:
 
     agents = [row[0] for row in UA_TABLE] + EDGE_USER_AGENTS + user_agents(300, random.Random(3))
     agents += [ua for entry in CRAWLER_USER_AGENTS_DATA for ua in entry.get("instances", [])]
-    mismatches = [ua for ua in agents if dict(describe(ua)) != _user_agents_fields(ua)]
+    mismatches = [
+        ua for ua in agents if dict(describe(ua))["device_type"] != _user_agents_device_type(ua)
+    ]
     assert not mismatches, mismatches[:5]
     assert len(agents) > 2000
 
@@ -631,46 +626,6 @@ class TestBots:
         assert post(user_agent=UA_TABLE[13][0]).get_json() == {"success": True}
         event = last_event(stored_events)
         assert event["is_bot"] is True and event["device_type"] == "Bot"
-
-
-CHANNELS = [
-    ("", "", "Direct"),
-    ("https://shop.example.com/other", "", "Internal"),
-    ("https://www.google.com/", "", "Organic Search"),
-    ("https://www.google.co.uk/search?q=x", "", "Organic Search"),
-    ("https://duckduckgo.com/", "", "Organic Search"),
-    ("", "?utm_source=google&utm_medium=cpc", "Paid Search"),
-    ("https://www.google.com/", "?gclid=abc", "Paid Search"),
-    ("https://t.co/xyz", "", "Organic Social"),
-    ("https://www.reddit.com/r/x", "", "Organic Social"),
-    ("", "?utm_source=facebook&utm_medium=paid_social", "Paid Social"),
-    ("https://www.youtube.com/watch?v=1", "", "Organic Video"),
-    ("https://www.amazon.de/", "", "Organic Shopping"),
-    ("https://chatgpt.com/", "", "AI"),
-    ("", "?utm_source=newsletter&utm_medium=email", "Email"),
-    ("https://mail.google.com/", "", "Email"),
-    ("", "?utm_source=sms", "SMS"),
-    ("", "?utm_source=partner&utm_medium=affiliate", "Affiliate"),
-    ("", "?utm_source=adnet&utm_medium=display", "Display"),
-    ("", "?utm_campaign=cross-network", "Cross-Network"),
-    ("https://blog.example.org/post", "", "Referral"),
-    ("https://docs.google.com/document/d/1", "", "Referral"),
-]
-
-
-@pytest.mark.parametrize(
-    ("referrer", "query", "expected"), CHANNELS, ids=[c[2] + ":" + (c[0] or c[1]) for c in CHANNELS]
-)
-def test_channel(post: Any, stored_events: Any, referrer: str, query: str, expected: str) -> None:
-    assert (
-        post(hostname="shop.example.com", referrer=referrer, querystring=query).status_code == 200
-    )
-    event = last_event(stored_events)
-    assert event["channel"] == expected
-    if expected == "Internal":
-        assert event["referrer"] == "", "self-referrals are emptied"
-    elif referrer:
-        assert event["referrer"] == referrer
 
 
 def test_ended_sessions_are_deleted(app: Flask, post: Any) -> None:

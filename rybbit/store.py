@@ -33,7 +33,7 @@ from .write_errors import outcomes as per_document_outcomes
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "rybbit.store"
-COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions")
+COLLECTIONS = ("events", "sites", "api_keys", "salts", "sessions", "user_aliases", "user_profiles")
 
 
 # montydb raises its own duplicate-key errors (inserts, and upserts in its storage layer).

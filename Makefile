@@ -9,7 +9,7 @@ PYTHON ?= python3
 python-packages:  ## this package, its dependencies and the test tools, through pip
 	@$(PYTHON) scripts/python-packages-ok.py || $(PYTHON) -m pip install -e ".[test]"
 
-system-packages:  ## Redis (rate-limit tests) and wrk (benchmarks), through apt
+system-packages:  ## Redis (rate-limit tests), wrk (benchmarks), Chromium and npm (browser tests), through apt
 	@bash scripts/install-system-packages.sh
 
 ferretdb:  ## the MongoDB-wire test server, built with Go once

@@ -6,10 +6,12 @@ import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .events import decode_cursor
+from .origins import canonical_origin
 from .schemas import EVENT_TYPES, ZNumber, ZString
 from .site_rules import entry_networks
 
@@ -49,6 +51,29 @@ class IpOrNetwork(ZString):
             ) from None
 
 
+class Origin(ZString):
+    """A browser origin, ``https://shop.example.net`` or ``http://localhost:3000``, stored in
+    canonical form (lower-case, default port left out)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        origin = canonical_origin(text)
+        if origin is None or not _only_origin(text):
+            raise ValidationError("Invalid origin: give scheme, host and optional port only")
+        return origin
+
+
+def _only_origin(text: str) -> bool:
+    """True when ``text`` names just an origin (no path, query or credentials)."""
+    parts = urlsplit(text.strip())
+    return (
+        parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and not (parts.username or parts.password)
+    )
+
+
 class CountryCode(ZString):
     """An ISO 3166-1 alpha-2 code, stored upper-case."""
 
@@ -77,6 +102,16 @@ class SettingsSchema(Schema):
     excluded_countries = fields.List(CountryCode(), validate=validate.Length(max=300))
     salt_user_ids = StrictBool()
     track_ip = StrictBool()
+    allowed_origins = fields.List(Origin(), validate=validate.Length(max=100))
+    track_initial_pageview = StrictBool()
+    track_spa_navigation = StrictBool()
+    track_url_params = StrictBool()
+    track_outbound = StrictBool()
+    web_vitals = StrictBool()
+    track_errors = StrictBool()
+    track_button_clicks = StrictBool()
+    track_copy = StrictBool()
+    track_form_interactions = StrictBool()
 
 
 class SiteCreateSchema(Schema):

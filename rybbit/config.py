@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": None,
     # Per-API-key limit ("20 per second", "100 per minute", ...) or "off".
     "RATE_LIMIT": "20 per second",
+    # Per-client-IP limit for keyless (browser) requests to track and identify, or "off". A
+    # page sends a few events per view; one browser must not flood a site.
+    "KEYLESS_RATE_LIMIT": "20 per second",
     # Flask-Limiter: where the counts live. memory:// is per process; share them between
     # workers and machines with redis://host:6379 (or mongodb://...).
     "RATELIMIT_STORAGE_URI": "memory://",

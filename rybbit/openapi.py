@@ -22,11 +22,14 @@ from .admin_schemas import (
     KeyCreateSchema,
     KeyRotateSchema,
     Moment,
+    Origin,
     SettingsSchema,
     SiteCreateSchema,
     SiteUpdateSchema,
 )
+from .browser import TRACKING_SETTINGS, IdentifySchema, Traits
 from .schemas import (
+    BrowserTrackEventSchema,
     ClientTime,
     IpAddress,
     JSONString,
@@ -146,6 +149,22 @@ class DeletedSiteList(Schema):
     sites = fields.List(fields.Nested(DeletedSite), required=True)
 
 
+class TrackingConfig(Schema):
+    """What Rybbit's browser SDK reads from GET /api/site/tracking-config/{site_id}."""
+
+    type = fields.String(required=True, metadata={"enum": ["web"]})
+    sessionReplay = fields.Boolean(
+        required=True, metadata={"description": "Always false: replays are not stored here"}
+    )
+    persistentClientIds = fields.Boolean(required=True)
+
+
+for _setting, _key in TRACKING_SETTINGS.items():
+    TrackingConfig._declared_fields[_key] = fields.Boolean(
+        required=True, metadata={"description": f"The site's `{_setting}` setting"}
+    )
+
+
 class EventsPage(Schema):
     events = fields.List(fields.Dict(), required=True)
     next_cursor = fields.String(allow_none=True, required=True)
@@ -223,13 +242,18 @@ def build_spec() -> dict[str, Any]:
         (Domain, "hostname"),
         (CountryCode, "iso3166-alpha2"),
         (JSONString, "json"),
+        (Origin, "origin"),
     ]:
         plugin.map_to_openapi_type(field_class, "string", fmt)
+    plugin.map_to_openapi_type(Traits, "object", None)
     assert plugin.converter is not None
     plugin.converter.add_attribute_function(_string_field_properties)
 
     for schema in (
         TrackEventSchema,
+        BrowserTrackEventSchema,
+        IdentifySchema,
+        TrackingConfig,
         SettingsSchema,
         SiteCreateSchema,
         SiteUpdateSchema,
@@ -264,20 +288,52 @@ def build_spec() -> dict[str, Any]:
 
     track = {
         "summary": "Track one event",
+        "description": "With an API key (body or Bearer): server-side tracking. Without one: "
+        "a keyless (browser) event, accepted only when the Origin (or Referer) belongs to the "
+        "site's domain (same registrable domain) or is in its allowed_origins, limited per "
+        "client IP by KEYLESS_RATE_LIMIT; its body cannot set ip_address or user_agent.",
         "tags": ["tracking"],
-        "security": [{}, {"apiKey": []}],  # the key may be in the body instead
-        "requestBody": _json_body("TrackEventSchema"),
+        "security": [{}, {"apiKey": []}],  # the key may be in the body instead, or absent
+        "requestBody": _json_body("BrowserTrackEventSchema"),
         "responses": {
             "200": _reply("Stored (or filtered out, with a message)", "Success"),
             "400": _INVALID,
-            "403": _reply("Invalid API key", "Error"),
+            "403": _reply("Invalid API key; or, keyless, Origin not allowed", "Error"),
             "404": _NO_SITE,
             "413": _reply("Payload too large", "Error"),
+            "429": _reply("Rate limit exceeded (per key, or per IP when keyless)", "Error"),
             "503": _UNAVAILABLE,
         },
     }
     spec.path(path="/api/track", operations={"post": track})
     spec.path(path="/track", operations={"post": {**track, "summary": "Alias of /api/track"}})
+    config = {
+        "summary": "What Rybbit's browser SDK should record on the site (its settings)",
+        "tags": ["browser"],
+        "parameters": [_SITE_ID],
+        "responses": {"200": _reply("The tracking config", "TrackingConfig"), "404": _NO_SITE},
+    }
+    identify = {
+        "summary": "Name the visitor: their later events without a user_id carry it",
+        "description": "Keyless from a page of the site (the origin rule and per-IP limit of "
+        "/api/track), or with the site's API key. The visitor is the one the request comes "
+        "from (IP and User-Agent, as for anonymous ids). Traits are merged per user id; a "
+        "trait given as null is removed.",
+        "tags": ["browser"],
+        "security": [{}, {"apiKey": []}],
+        "requestBody": _json_body("IdentifySchema"),
+        "responses": {
+            "200": _reply("Identified", "Success"),
+            "400": _INVALID,
+            "403": _reply("Origin not allowed, or invalid API key", "Error"),
+            "404": _NO_SITE,
+            "429": _reply("Rate limit exceeded", "Error"),
+            "503": _UNAVAILABLE,
+        },
+    }
+    for prefix in ("/api", ""):
+        spec.path(path=f"{prefix}/site/tracking-config/{{site_id}}", operations={"get": config})
+        spec.path(path=f"{prefix}/identify", operations={"post": identify})
     events = {
         "type": "array",
         "items": {"$ref": "#/components/schemas/TrackEventSchema"},

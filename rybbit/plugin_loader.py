@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "plugins.channel",
     "plugins.bots",
     "plugins.identity",
+    "plugins.aliases",
     "plugins.sessions",
 )
 

@@ -34,13 +34,24 @@ LIMIT_SCOPE = "track"
 
 def current_limit() -> str:
     """The configured per-key limit, for the decorator (read per request)."""
-    return str(current_app.config["RATE_LIMIT"])
+    text = str(current_app.config["RATE_LIMIT"])
+    return "1000000 per second" if text.strip().lower() == OFF else text  # exempt, see below
+
+
+def key_limit_off() -> bool:
+    """RATE_LIMIT is "off" (the limiter may still run for KEYLESS_RATE_LIMIT)."""
+    return str(current_app.config["RATE_LIMIT"]).strip().lower() == OFF
+
+
+def keyless_request() -> bool:
+    """The request was authenticated without a key (a browser's): it is limited per IP."""
+    return g.get("api_key", False) is None
 
 
 def spend(key_id: str, site_id: str) -> bool:
     """Take one request from the budget of ``key_id``, a key of ``site_id``, by hand (a batch);
     False when it is spent. Uses the same storage, strategy and counter as the decorated routes."""
-    if not current_app.config["RATELIMIT_ENABLED"]:
+    if not current_app.config["RATELIMIT_ENABLED"] or key_limit_off():
         return True
     limit = parse(current_limit())
     _Fallback.probe()
@@ -123,6 +134,9 @@ def _bounded_redis_calls(app: Flask, scheme: str) -> None:
 
 
 def limit_message() -> str:
+    if keyless_request():
+        limit = str(current_app.config["KEYLESS_RATE_LIMIT"])
+        return f"Rate limit exceeded. Maximum {describe(limit)} per IP address."
     return f"Rate limit exceeded. Maximum {describe(current_limit())} per API key."
 
 
@@ -154,15 +168,23 @@ def _standard_headers(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     text = str(app.config["RATE_LIMIT"]).strip()
+    keyless = str(app.config["KEYLESS_RATE_LIMIT"]).strip()
     # Always explicit: Flask-Limiter otherwise falls back to what the shared limiter object
     # was last told, by whichever app was set up before this one in the process.
-    app.config["RATELIMIT_ENABLED"] = text.lower() != OFF
-    if text.lower() == OFF:
+    app.config["RATELIMIT_ENABLED"] = not (text.lower() == OFF and keyless.lower() == OFF)
+    if not app.config["RATELIMIT_ENABLED"]:
         log.info("rate limit: off")
     else:
-        parse(text)  # a malformed setting fails start-up, not every request
+        for limit in (text, keyless):
+            if limit.lower() != OFF:
+                parse(limit)  # a malformed setting fails start-up, not every request
         scheme = str(app.config["RATELIMIT_STORAGE_URI"]).split("://", 1)[0]  # no credentials
-        log.info("rate limit: %s per API key, state in %s storage", text, scheme)
+        log.info(
+            "rate limit: %s per API key, %s per IP for keyless requests, state in %s storage",
+            text,
+            keyless,
+            scheme,
+        )
         _bounded_redis_calls(app, scheme)
     # Flask runs after_request hooks in reverse order of registration: registered before the
     # limiter's own, this one runs after it and sees the headers it wrote.

@@ -60,11 +60,16 @@ def _fields(response: Response) -> dict[str, Any]:
             # The address the event is attributed to: the body's, else the peer's.
             body_ip = payload.get("ip_address") if payload else None
             fields["client_ip"] = body_ip or req.remote_addr
+    elif getattr(state, "api_key", False) is None and getattr(state, "site", None) is not None:
+        # A keyless (browser) request whose origin was accepted: its site, and no key.
+        fields["site_id"] = str(state.site["_id"])
+        fields["keyless"] = True
     elif response.status_code == 403 and payload:
         # A refused key: its prefix (only of a well-formed key) tells which one is still in use.
         fields["site_id"] = str(payload["site_id"])  # the site exists: otherwise a 404
-        if keys.KEY_FORMAT.fullmatch(payload["api_key"]):
-            fields["key_prefix"] = keys.key_prefix(payload["api_key"])
+        api_key = payload.get("api_key")  # none on a keyless event from a refused origin
+        if api_key is not None and keys.KEY_FORMAT.fullmatch(api_key):
+            fields["key_prefix"] = keys.key_prefix(api_key)
     return fields
 
 

@@ -27,7 +27,20 @@ from marshmallow import (
 
 from .errors import InvalidPayload
 
-EVENT_TYPES = ("pageview", "custom_event", "performance", "outbound", "error")
+EVENT_TYPES = (
+    "pageview",
+    "custom_event",
+    "performance",
+    "outbound",
+    "error",
+    # Sent by Rybbit's browser SDK when the site's tracking config turns them on.
+    "button_click",
+    "copy",
+    "form_submit",
+    "input_change",
+)
+# The browser SDK's interaction events whose properties are required (button_click's are not).
+_INTERACTION_RULES = ("copy", "form_submit", "input_change")
 PERFORMANCE_FIELDS = ("lcp", "cls", "inp", "fcp", "ttfb")
 PROPERTIES_MAX = 2048
 ERROR_PROPERTIES_MAX = 4096
@@ -185,7 +198,7 @@ class ZNumber(_ZodField):
         try:
             as_float = float(value)
         except OverflowError:
-            as_float = math.copysign(math.inf, value)
+            as_float = math.inf if value > 0 else -math.inf  # what JavaScript reads it as
         # zod runs every check of the chain and reports each failure, in the chain's order.
         errors = []
         if self.integer and not as_float.is_integer():  # inf is not an integer either
@@ -399,6 +412,13 @@ class TrackEventSchema(Schema):
         return data
 
 
+class BrowserTrackEventSchema(TrackEventSchema):
+    """``/api/track`` as browsers use it too: without a key the event is keyless, and must
+    come from an allowed origin (rybbit.browser). The batch endpoint keeps the key required."""
+
+    api_key = ZString()
+
+
 def _type_rule_errors(
     event_type: str, data: dict[str, Any], original: dict[str, Any]
 ) -> dict[str, list[str]]:
@@ -428,13 +448,19 @@ def _type_rule_errors(
         if event_type == "custom_event":
             add("_schema", "Custom events require event_name")
 
-    if event_type in ("outbound", "error") and "properties" not in original:
+    if event_type in ("outbound", "error", *_INTERACTION_RULES) and "properties" not in original:
         add("properties", "Required")
     elif props is None:
         pass  # invalid, and its field said why
     elif event_type == "custom_event":
         if props.value is NOT_JSON:
             add("properties", "Properties must be a valid JSON string")
+    elif event_type == "button_click":
+        if props.value is NOT_JSON:
+            add("properties", "Properties must be valid JSON")
+    elif event_type in _INTERACTION_RULES:
+        if not _INTERACTION_CHECKS[event_type](props.value):
+            add("properties", _INTERACTION_MESSAGES[event_type])
     elif event_type == "outbound":
         if not _is_outbound(props.value):
             add(
@@ -470,6 +496,51 @@ def _is_error(value: Any) -> bool:
     return _truthy_ones_are(value, ("stack", "fileName"), str) and _truthy_ones_are(
         value, ("lineNumber", "columnNumber"), int | float
     )
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON number that is not negative (JavaScript's ``typeof n == "number" && n >= 0``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _has(value: Any, required: dict[str, Any], optional: dict[str, Any] | None = None) -> bool:
+    """Rybbit's interaction-event rules: an object whose required fields pass their checks,
+    and whose optional fields pass them when present."""
+    if not isinstance(value, dict):
+        return False
+    if not all(name in value and check(value[name]) for name, check in required.items()):
+        return False
+    return all(name not in value or check(value[name]) for name, check in (optional or {}).items())
+
+
+_INTERACTION_CHECKS = {
+    "copy": lambda v: _has(
+        v, {"sourceElement": _is_str}, {"text": _is_str, "textLength": _is_count}
+    ),
+    "form_submit": lambda v: _has(
+        v,
+        {
+            "formId": _is_str,
+            "formName": _is_str,
+            "formAction": _is_str,
+            "method": _is_str,
+            "fieldCount": _is_count,
+        },
+    ),
+    "input_change": lambda v: _has(v, {"element": _is_str, "inputName": _is_str}),
+}
+_INTERACTION_MESSAGES = {
+    "copy": "Properties must be valid JSON with copy fields "
+    "(sourceElement required, text and textLength optional)",
+    "form_submit": "Properties must be valid JSON with form_submit fields "
+    "(formId, formName, formAction, method, fieldCount required)",
+    "input_change": "Properties must be valid JSON with input_change fields "
+    "(element, inputName required)",
+}
 
 
 def _truthy_ones_are(value: dict[str, Any], names: tuple[str, ...], kind: Any) -> bool:

@@ -23,6 +23,18 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "excluded_countries": [],
     "salt_user_ids": False,
     "track_ip": False,
+    # Keyless (browser) events: origins accepted besides the site's domain (rybbit.origins).
+    "allowed_origins": [],
+    # What Rybbit's browser SDK records (GET /api/site/tracking-config), Rybbit's defaults.
+    "track_initial_pageview": True,
+    "track_spa_navigation": True,
+    "track_url_params": True,
+    "track_outbound": True,
+    "web_vitals": False,
+    "track_errors": False,
+    "track_button_clicks": False,
+    "track_copy": False,
+    "track_form_interactions": False,
 }
 
 

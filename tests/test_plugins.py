@@ -232,6 +232,7 @@ def test_builtin_order_is_documented_and_stable(instance_path: Path) -> None:
         "geo",
         "identity",
         "url_params",
+        "aliases",
         "bots",
         "channel",
         "screen",

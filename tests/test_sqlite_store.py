@@ -333,7 +333,7 @@ def test_a_store_montydb_wrote_is_migrated_without_loss(
     with app.app_context():
         store = get_store()
     (line,) = [r.getMessage() for r in caplog.records if "migrated the montydb store" in r.message]
-    assert "sites: 2, api_keys: 1, salts: 1, sessions: 1, events: 1201" in line
+    assert "sites: 2, api_keys: 1, salts: 1, sessions: 1" in line and "events: 1201" in line
     assert old["api_key"] not in line
 
     assert [s["_id"] for s in store.list_sites()] == ["1"], "the deleted site stays deleted"

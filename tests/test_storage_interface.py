@@ -110,3 +110,12 @@ def test_events_pages_counts_and_deletes(store: Any) -> None:
     assert store.delete_events_before(T0 + timedelta(seconds=6)) == 6
     assert store.delete_site_events("2") == 2
     assert store.count_events() == 4
+
+
+def test_state_documents_by_collection_and_id(store: Any) -> None:
+    assert store.find_document("plugin_state", "a") is None
+    store.put_document("plugin_state", {"_id": "a", "n": 1, "at": T0})
+    store.put_document("other", {"_id": "a", "n": 9})
+    store.put_document("plugin_state", {"_id": "a", "n": 2})  # replaced whole
+    assert store.find_document("plugin_state", "a") == {"_id": "a", "n": 2}
+    assert store.find_document("other", "a") == {"_id": "a", "n": 9}

@@ -148,10 +148,18 @@ def test_empty_site_id_is_invalid(post: Any) -> None:
     assert details["fieldErrors"]["site_id"] == ["String must contain at least 1 character(s)"]
 
 
-@pytest.mark.parametrize("field", ["api_key", "site_id"])
-def test_missing_credentials_are_required_fields(post: Any, field: str) -> None:
-    details = assert_invalid(post(**{field: ...}))
-    assert details["fieldErrors"] == {field: ["Required"]}
+def test_a_missing_site_id_is_a_required_field(post: Any) -> None:
+    details = assert_invalid(post(site_id=...))
+    assert details["fieldErrors"] == {"site_id": ["Required"]}
+
+
+def test_without_a_key_the_event_is_keyless_and_needs_an_allowed_origin(
+    post: Any, stored_events: Any
+) -> None:
+    response = post(api_key=...)  # no Origin: not from a page of the site (tests/test_browser.py)
+    assert response.status_code == 403
+    assert response.get_json() == {"success": False, "error": "Origin not allowed"}
+    assert stored_events() == []
 
 
 def test_unknown_fields_are_rejected(post: Any, stored_events: Any) -> None:
@@ -165,7 +173,7 @@ def test_unknown_type_is_rejected(post: Any) -> None:
     details = assert_invalid(post(type="identify"))
     assert details["fieldErrors"]["type"] == [
         "Invalid discriminator value. Expected 'pageview' | 'custom_event' | 'performance' | "
-        "'outbound' | 'error'"
+        "'outbound' | 'error' | 'button_click' | 'copy' | 'form_submit' | 'input_change'"
     ]
 
 

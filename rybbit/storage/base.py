@@ -209,6 +209,17 @@ class Storage(ABC):
     @abstractmethod
     def list_salts(self) -> list[Doc]: ...
 
+    # -- other state documents (identified visitors, plugins' shared state) ---------------
+
+    @abstractmethod
+    def find_document(self, collection: str, doc_id: str) -> Doc | None:
+        """The state document with this ``_id`` in ``collection``, or None."""
+
+    @abstractmethod
+    def put_document(self, collection: str, doc: Doc) -> None:
+        """Insert or replace, whole, the state document ``doc["_id"]`` of ``collection``
+        (acknowledged, not journaled on MongoDB: rebuildable state)."""
+
     # -- visitor sessions --------------------------------------------------------------------
 
     @abstractmethod

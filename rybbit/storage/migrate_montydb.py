@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MARKER = "montydb_migrated_at"
 CONFIG_FILE = "monty.storage.cfg"
 DATABASE = "rybbit"  # the database name the old store used
-COLLECTIONS = ("sites", "api_keys", "salts", "sessions", "events")
+COLLECTIONS = ("sites", "api_keys", "salts", "sessions", "user_aliases", "user_profiles", "events")
 _CODEC = CodecOptions(tz_aware=True, tzinfo=UTC)
 _CHUNK = 5000
 

@@ -314,6 +314,16 @@ class MongoStorage(Storage):
         with self.op():
             return list(self.state("salts").find({}))
 
+    # -- other state documents ------------------------------------------------------------
+
+    def find_document(self, collection: str, doc_id: str) -> Doc | None:
+        with self.op():
+            return self.state(collection).find_one({"_id": doc_id})  # type: ignore[no-any-return]
+
+    def put_document(self, collection: str, doc: Doc) -> None:
+        with self.op():
+            self.state(collection).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
     # -- visitor sessions --------------------------------------------------------------------
 
     def find_sessions(self, keys: list[str]) -> dict[str, Doc]:

@@ -103,6 +103,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_seen INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_last_seen ON sessions (last_seen);
+-- State documents of other collections (identified visitors, plugins), by collection and id.
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT
@@ -654,6 +661,21 @@ class SQLiteStorage(Storage):
     def list_salts(self) -> list[Doc]:
         return [codec.loads(doc) for (doc,) in self._read("SELECT doc FROM salts ORDER BY id")]
 
+    # -- other state documents ------------------------------------------------------------
+
+    def find_document(self, collection: str, doc_id: str) -> Doc | None:
+        rows = self._read(
+            "SELECT doc FROM documents WHERE collection = ? AND id = ?", (collection, doc_id)
+        )
+        return codec.loads(rows[0][0]) if rows else None
+
+    def put_document(self, collection: str, doc: Doc) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO documents (collection, id, doc) VALUES (?, ?, ?)",
+                (collection, doc["_id"], codec.dumps(doc)),
+            )
+
     # -- visitor sessions --------------------------------------------------------------------
 
     def find_sessions(self, keys: list[str]) -> dict[str, Doc]:
@@ -756,6 +778,9 @@ class SQLiteStorage(Storage):
                 "VALUES (?, ?, ?, ?)"
             )
             rows = [_session_row(doc) for doc in docs]
+        elif collection in ("user_aliases", "user_profiles"):
+            sql = "INSERT OR IGNORE INTO documents (collection, id, doc) VALUES (?, ?, ?)"
+            rows = [(collection, doc["_id"], codec.dumps(doc)) for doc in docs]
         else:
             raise ValueError(f"unknown collection {collection!r}")
         with self._write() as conn:

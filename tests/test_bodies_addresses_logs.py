@@ -53,18 +53,25 @@ def _post_chunked(client: FlaskClient, body: bytes) -> Any:
 
 class TestChunkedBodies:
     def test_over_the_cap_is_413(
-        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+        self,
+        app: Flask,
+        client: FlaskClient,
+        site: dict[str, Any],
+        api_key: str,
+        stored_events: Any,
     ) -> None:
-        body = _padded({"api_key": api_key, "site_id": site["site_id"]}, 64 * 1024 + 10)
+        cap = app.config["MAX_CONTENT_LENGTH"]
+        body = _padded({"api_key": api_key, "site_id": site["site_id"]}, cap + 10)
         response = _post_chunked(client, body)
         assert response.status_code == 413
         assert response.get_json() == {"success": False, "error": "Payload too large"}
         assert stored_events() == []
 
-    @pytest.mark.parametrize("size", [100, 64 * 1024])
+    @pytest.mark.parametrize("size", [100, "cap"])
     def test_up_to_the_cap_is_accepted(
-        self, client: FlaskClient, site: dict[str, Any], api_key: str, size: int
+        self, app: Flask, client: FlaskClient, site: dict[str, Any], api_key: str, size: Any
     ) -> None:
+        size = app.config["MAX_CONTENT_LENGTH"] if size == "cap" else size
         body = _padded({"api_key": api_key, "site_id": site["site_id"]}, size)
         response = _post_chunked(client, body)
         assert response.status_code == 200
@@ -195,7 +202,7 @@ def test_through_gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             connection.close()
             return status
 
-        assert post_chunked(_padded(credentials, 64 * 1024 + 10)) == 413
+        assert post_chunked(_padded(credentials, 1024 * 1024 + 10)) == 413  # the default cap
         assert post_chunked(_padded(credentials, 2000), {"X-Forwarded-For": "not-an-ip"}) == 200
         events = service.admin("GET", f"/sites/{site['site_id']}/events")["events"]
         assert [e["ip_address"] for e in events] == ["127.0.0.1"]

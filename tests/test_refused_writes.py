@@ -211,3 +211,16 @@ def test_a_transient_error_on_one_batch_item_fails_that_item_only(
         assert response.status_code == 503, response.get_json()
         assert response.get_json()["error"] == "Storage unavailable, please retry"
     assert len(stored_events()) == 2
+
+
+@pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+def test_a_refused_single_event_counts_as_rejected_like_a_batch_item(
+    app: Flask, client: Any, site: dict[str, Any], api_key: str
+) -> None:
+    add_enricher(app, "unstorable", _refuse_bad_paths)
+    before = scrape(client)
+    body = {"api_key": api_key, "site_id": site["site_id"], "pathname": "/bad"}
+    assert client.post("/api/track", json=body).status_code == 400
+    assert events(before, scrape(client)) == {
+        ("rejected", "invalid", site["site_id"], "pageview"): 1,
+    }

@@ -229,8 +229,7 @@ class Store:
         if not events:
             return None
         if self.retention.prepare_insert(self):  # time-series: no unique _id, see retention.py
-            self.retention.insert_timeseries(self, events)
-            return None
+            return self.retention.insert_timeseries(self, events)
         if self.embedded:
             self._insert_embedded(self.events, events, together=False)
             return None

@@ -143,6 +143,9 @@ def list_deleted_sites(store: Store) -> list[dict[str, Any]]:
         docs = list(store.sites.find({"deleted_at": {"$ne": None}}).sort("seq", 1))
     found = []
     for doc in docs:
+        # site_id alone is the prefix of the events index (site_id, timestamp): an index range
+        # count on MongoDB, and on the SQLite store that replaces montydb (same index). Only
+        # montydb scans, once per deleted site; deleted sites are few.
         with store.op():
             count = store.events.count_documents({"site_id": doc["_id"]})
         found.append(

@@ -128,7 +128,9 @@ class SaltPurger:
 
 @hookimpl
 def register_enrichers(register: Any, settings: Any, app: Any) -> None:
-    enricher = IdentityEnricher()
     interval = float(settings.get("salt_purge_seconds", PURGE_SECONDS))
+    if not interval > 0:  # also NaN; 0 or less would delete in a busy loop
+        raise ValueError(f"salt_purge_seconds must be a positive number of seconds, not {interval}")
+    enricher = IdentityEnricher()
     enricher.purger = SaltPurger(app, interval).start()
     register(enricher)

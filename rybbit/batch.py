@@ -61,6 +61,10 @@ class _Enriching(NamedTuple):
     context: EnrichmentContext
 
 
+_RETRY_ERROR = "Storage unavailable, please retry"
+_RETRY_MESSAGE = "Not stored: send this event again (an event_id makes the retry safe)"
+
+
 def _failure(index: int, exc: ApiError) -> dict[str, Any]:
     result: dict[str, Any] = {"index": index, "success": False, "error": exc.message}
     if exc.details is not None:
@@ -135,15 +139,22 @@ def track_batch() -> ResponseReturnValue:
             stored_items.append(each)
 
     try:
-        store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing acked
+        store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing stored
     except EventsRefused as exc:  # the others are stored
+        for position in exc.retry:  # a transient error for this document only
+            item = stored_items[position]
+            results[item.index] = _failure(item.index, ApiError(503, _RETRY_ERROR))
+            results[item.index]["message"] = _RETRY_MESSAGE
+            metrics.event_refused(item.payload, item.site, 503)
         for position, reason in exc.reasons.items():
             refused = stored_items[position]
             results[refused.index] = _failure(
                 refused.index, ApiError(400, "Invalid payload", refused_details(reason))
             )
             metrics.event_refused(refused.payload, refused.site)
-        stored_items = [e for i, e in enumerate(stored_items) if i not in exc.reasons]
+        stored_items = [
+            e for i, e in enumerate(stored_items) if i not in exc.reasons and i not in exc.retry
+        ]
     used_keys = {each.key["_id"]: each.event["received_at"] for each in stored_items}
     for key_id, moment in used_keys.items():
         usage_recorder(current_app).touch(store, key_id, moment)

@@ -146,13 +146,14 @@ def event_judged(payload: dict[str, Any], site: dict[str, Any], message: str | N
     g.setdefault(_JUDGED, []).append((payload["type"], site["_id"], outcome, reason))
 
 
-def event_refused(payload: dict[str, Any], site: dict[str, Any]) -> None:
-    """An event noted as accepted that the store then refused: counted as rejected (400)."""
+def event_refused(payload: dict[str, Any], site: dict[str, Any], status: int = 400) -> None:
+    """An event noted as accepted that the store then refused (400) or could not take now
+    (503): counted as rejected with that status instead."""
     judged = g.get(_JUDGED, [])
     accepted = (payload["type"], site["_id"], "accepted", "none")
     if accepted in judged:
         judged.remove(accepted)
-    event_rejected(payload, site, 400)
+    event_rejected(payload, site, status)
 
 
 def event_rejected(

@@ -20,8 +20,10 @@ class DuplicateKey(Exception):
 class EventsRefused(Exception):
     """The store refused some documents of a write for what they hold (not for being down):
     ``reasons`` maps each refused event's position in the caller's list to the server's
-    message. The caller's other events were stored."""
+    message; ``retry`` holds the positions of events the store could not take now (a transient
+    per-document error: send them again). The caller's other events were stored."""
 
-    def __init__(self, reasons: dict[int, str]) -> None:
-        super().__init__(f"{len(reasons)} event(s) refused by the store")
+    def __init__(self, reasons: dict[int, str], retry: frozenset[int] = frozenset()) -> None:
+        super().__init__(f"{len(reasons) + len(retry)} event(s) not stored")
         self.reasons = reasons
+        self.retry = retry

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pymongo
 import pytest
 from flask import Flask
 
@@ -153,3 +154,73 @@ def test_write_errors_map_to_their_documents() -> None:
     assert result[0] is None and result[1] is None  # a duplicate is a repeat, stored already
     assert str(result[2]) == "invalid value"
     assert type(result[3]).__name__ == "StoreUnavailable"
+
+
+def _transient_for_flaky_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server stores every event but those with pathname /flaky, which get a transient
+    per-document error (91, ShutdownInProgress, as a mongos reports for one shard)."""
+    original = pymongo.collection.Collection.insert_many
+
+    def insert_many(self: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        documents = list(documents)
+        flaky = [i for i, d in enumerate(documents) if d.get("pathname") == "/flaky"]
+        if not flaky:
+            return original(self, documents, *args, **kwargs)
+        others = [d for i, d in enumerate(documents) if i not in flaky]
+        if others:
+            original(self, others, *args, **kwargs)
+        errors = [{"index": i, "code": 91, "errmsg": "shutting down"} for i in flaky]
+        raise pymongo.errors.BulkWriteError(
+            {"writeErrors": errors, "writeConcernErrors": [], "nInserted": len(others)}
+        )
+
+    monkeypatch.setattr(pymongo.collection.Collection, "insert_many", insert_many)
+
+
+@pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+def test_a_transient_error_on_one_batch_item_fails_that_item_only(
+    client: Any,
+    site: dict[str, Any],
+    api_key: str,
+    stored_events: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _transient_for_flaky_paths(monkeypatch)
+    base = {"api_key": api_key, "site_id": site["site_id"]}
+    before = scrape(client)
+    response = client.post(
+        "/api/track/batch", json=[{**base, "pathname": p} for p in ("/a", "/flaky", "/b")]
+    )
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert (body["success"], body["accepted"], body["rejected"]) == (False, 2, 1)
+    item = body["results"][1]
+    assert (item["success"], item["error"]) == (False, "Storage unavailable, please retry")
+    assert "again" in item["message"]
+    assert sorted(e["pathname"] for e in stored_events()) == ["/a", "/b"]
+    counted = events(before, scrape(client))
+    assert counted[("accepted", "none", site["site_id"], "pageview")] == 2
+    assert sum(n for k, n in counted.items() if k[0] == "rejected") == 1
+
+    # Nothing of it stored: the whole batch, or a single event, is a 503.
+    for path, payload in (
+        ("/api/track/batch", [{**base, "pathname": "/flaky"}]),
+        ("/api/track", {**base, "pathname": "/flaky"}),
+    ):
+        response = client.post(path, json=payload)
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["error"] == "Storage unavailable, please retry"
+    assert len(stored_events()) == 2
+
+
+@pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+def test_a_refused_single_event_counts_as_rejected_like_a_batch_item(
+    app: Flask, client: Any, site: dict[str, Any], api_key: str
+) -> None:
+    add_enricher(app, "unstorable", _refuse_bad_paths)
+    before = scrape(client)
+    body = {"api_key": api_key, "site_id": site["site_id"], "pathname": "/bad"}
+    assert client.post("/api/track", json=body).status_code == 400
+    assert events(before, scrape(client)) == {
+        ("rejected", "invalid", site["site_id"], "pageview"): 1,
+    }

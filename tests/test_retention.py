@@ -432,9 +432,9 @@ def test_stand_in_a_failed_write_records_no_id(timeseries_stand_in: Any) -> None
         "site_id": "1",
         "timestamp": now_ms(),
     }
-    # The server refuses the document ("$" key): the write fails, the client gets no 200...
-    with pytest.raises(pymongo.errors.BulkWriteError):
-        store.insert_events([{**event, "$bad": 1}])
+    # The server refuses the document ("$" key): it fails, the client gets no 200...
+    outcomes = store.insert_events([{**event, "$bad": 1}])
+    assert outcomes is not None and type(outcomes[0]).__name__ == "Refused"
     assert ids_recorded(store) == []
     # ...and its retry is stored: recording the id first would have lost it.
     store.insert_events([dict(event)])
@@ -589,3 +589,71 @@ def test_real_mongodb_a_regular_collection_gets_a_ttl_index(real_db: Any) -> Non
         assert retention.mode == REGULAR
         assert retention.expiry == (NEVER if days is None else BY_SERVER)
         assert ttl_seconds(db.events) == ([] if expected is None else [expected])
+
+
+class _RefusingEvents:
+    """A time-series events collection (MongoDB 5+, not available here) whose server refuses
+    the documents of path /bad with ``code``, storing the others, as insert_many reports it."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.stored: list[dict[str, Any]] = []
+
+    def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
+        assert ordered is False
+        errors = [
+            {"index": i, "code": self.code, "errmsg": "refused"}
+            for i, d in enumerate(documents)
+            if d["pathname"] == "/bad"
+        ]
+        self.stored += [d for d in documents if d["pathname"] != "/bad"]
+        if errors:
+            raise pymongo.errors.BulkWriteError(
+                {"writeErrors": errors, "writeConcernErrors": [], "nInserted": len(self.stored)}
+            )
+
+
+class _IdRecords:
+    def __init__(self) -> None:
+        self.ids: list[Any] = []
+
+    def find(self, query: dict[str, Any], projection: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"_id": i} for i in self.ids if i in query["_id"]["$in"]]
+
+    def insert_many(self, marks: list[dict[str, Any]], ordered: bool) -> None:
+        self.ids += [mark["_id"] for mark in marks]
+
+
+class _TimeseriesStore:
+    def __init__(self, code: int) -> None:
+        self.events = _RefusingEvents(code)
+        self.records = _IdRecords()
+
+    def op(self) -> Any:
+        from rybbit.store import translate_errors
+
+        return translate_errors()
+
+    def state(self, name: str) -> _IdRecords:
+        assert name == IDS_COLLECTION
+        return self.records
+
+
+@pytest.mark.parametrize(("code", "error"), [(2, "Refused"), (91, "StoreUnavailable")])
+def test_a_refused_document_in_a_timeseries_write_fails_only_its_event(
+    code: int, error: str
+) -> None:
+    store = _TimeseriesStore(code)
+    store.records.ids.append("s:old")  # stored by an earlier write
+    events = [
+        {"_id": "s:a", "event_id": "a", "pathname": "/a", "timestamp": 1},
+        {"_id": "s:b", "event_id": "b", "pathname": "/bad", "timestamp": 1},
+        {"_id": "s:c", "pathname": "/c", "timestamp": 1},
+        {"_id": "s:b", "event_id": "b", "pathname": "/bad", "timestamp": 1},  # repeat in write
+        {"_id": "s:old", "event_id": "old", "pathname": "/old", "timestamp": 1},
+    ]
+    outcomes = Retention().insert_timeseries(store, events)  # type: ignore[arg-type]
+    assert outcomes is not None
+    assert [type(o).__name__ if o else None for o in outcomes] == [None, error, None, error, None]
+    assert [e["pathname"] for e in store.events.stored] == ["/a", "/c"]
+    assert store.records.ids == ["s:old", "s:a"]  # the refused event's id is not recorded

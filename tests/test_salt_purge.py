@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -52,3 +53,22 @@ def test_a_salt_lives_until_an_hour_after_its_day(
             store.salt_for_day({"_id": day, "salt": "00", "created_at": now})
         DailySalts.purge(store, now)
     assert _salt_days(app) == kept
+
+
+@pytest.mark.parametrize("interval", [0, -1, float("nan")])
+def test_a_purge_interval_that_is_not_positive_is_refused_at_start(
+    app_config: dict[str, Any], instance_path: Any, interval: float
+) -> None:
+    from rybbit import create_app
+
+    def purgers() -> int:
+        return sum(t.name == "identity-salt-purge" for t in threading.enumerate())
+
+    before = purgers()
+    app = create_app(
+        {**app_config, "PLUGIN_SETTINGS": {"identity": {"salt_purge_seconds": interval}}}
+    )
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert "salt_purge_seconds must be a positive number" in response.get_data(as_text=True)
+    assert purgers() <= before  # no purge thread of this app

@@ -147,10 +147,36 @@ def test_the_threaded_worker_still_speaks_http_as_before(tmp_path: Path) -> None
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n", "partial"),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "whole"),
         (b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}", "whole"),
-        # A body past the limit: the app refuses it (413) from what has arrived.
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 1500, "whole"),
-        # Headers past the limit, or no HTTP at all: a thread would wait for their end.
-        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 2000, "malformed"),
+        # Pipelined: the first request is whole; the rest is gunicorn's to keep for later.
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n", "whole"),
+        # A declared body over the limit is refused at once, before it is sent.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n", "too_large"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 999, "partial"),
+        # Large headers count as headers, not body: the body is still incomplete.
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 5000 + b"\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"x" * 500,
+            "partial",
+        ),
+        # A chunked body over the limit, counted in body bytes.
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"3e9\r\n"
+            + b"x" * 1001
+            + b"\r\n",
+            "too_large",
+        ),
+        # 1-byte chunks: framing makes raw bytes outgrow body bytes; raw bytes are capped too.
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n" * 12_000,
+            "too_large",
+        ),
+        # Headers past their room (arrived whole, or not yet), a request with no Host, or no
+        # HTTP at all.
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n", "headers_too_large"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 70_000, "headers_too_large"),
+        (b"GET / HTTP/1.1\r\n\r\n", "malformed"),
         (b"GARBAGE\r\n\r\n", "malformed"),
     ],
 )
@@ -158,6 +184,101 @@ def test_when_a_request_goes_to_a_thread(received: bytes, state: str) -> None:
     from rybbit.gunicorn_worker import _Arriving
 
     arriving = _Arriving(conn=None, deadline=0.0, limit=1000)
-    arriving.data += received
-    arriving.framing.receive_data(received)
-    assert arriving.state(1000) == state
+    arriving.receive(received)
+    assert arriving.state() == state
+
+
+def test_a_thread_never_waits_on_its_socket_past_the_bound() -> None:
+    from rybbit.gunicorn_worker import bound_reads
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        bound_reads(ours, 0.3)
+        ours.setblocking(True)  # what gunicorn's thread does before reading
+        started = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            ours.recv(10)
+        assert time.monotonic() - started < 2
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server sends until it closes (or 5 s pass)."""
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_requests_that_are_not_whole_never_reach_a_thread(tmp_path: Path) -> None:
+    """The review's attacks on a worker with 2 threads: each must hold no thread (normal
+    requests are still answered at once) or be refused in the event loop, in the contract's
+    error shape."""
+    with run_service(tmp_path, None, workers=1, RYBBIT_THREADS="2") as service:
+        site = service.admin("POST", "/sites", {"name": "s", "domain": "s.example"})
+        key = service.admin("POST", f"/sites/{site['site_id']}/api-keys")
+        body = {"api_key": key["api_key"], "site_id": site["site_id"], "pathname": "/normal"}
+        parts = urlsplit(service.base_url)
+        address = (parts.hostname, parts.port)
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 700) for i in range(100))  # 71 KB
+        chunked = b"POST /api/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        held = [
+            # ~55 KB of headers and all but the last 1000 bytes of a 1 MiB-ish body.
+            b"POST /api/track HTTP/1.1\r\nHost: x\r\n"
+            + pad[: 712 * 78]
+            + b"Content-Length: 1040000\r\n\r\n"
+            + b"x" * 1_039_000,
+            # 1-byte chunks with no terminator (within the raw cap).
+            chunked + b"1\r\nx\r\n" * 1000,
+            # A whole request pipelined with half of the next one.
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n",
+        ]
+        refused = [
+            (pad + b"Content-Length: 10\r\n\r\n", b"431", b"Request header fields too large"),
+            (b"Content-Length: 1048577\r\n\r\n", b"413", b"Payload too large"),
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 200_000,
+                b"413",
+                b"Payload too large",
+            ),
+            (b"\r\n", b"400", b"Bad request"),  # HTTP/1.1 without Host
+        ]
+        socks = []
+        try:
+            for attack in held * 2:  # twice as many as there are threads, of each kind
+                sock = socket.create_connection(address, timeout=5)
+                sock.sendall(attack)
+                socks.append(sock)
+            time.sleep(0.5)
+            for _ in range(5):
+                started = time.monotonic()
+                response = requests.post(
+                    f"{service.base_url}/api/track",
+                    json=body,
+                    timeout=10,
+                    headers={"Connection": "close"},
+                )
+                assert response.status_code == 200, response.text
+                assert time.monotonic() - started < 2.0
+            # The pipelined connection got its first answer, and nothing for the half.
+            pipelined = socks[2]
+            pipelined.settimeout(1)
+            first = b""
+            with contextlib.suppress(TimeoutError):
+                while chunk := pipelined.recv(4096):
+                    first += chunk
+            assert first.count(b"HTTP/1.1 200") == 1, first
+        finally:
+            for sock in socks:
+                sock.close()
+
+        for head, status, error in refused:
+            with socket.create_connection(address, timeout=5) as sock:
+                request = b"POST /api/track HTTP/1.1\r\n" + (
+                    b"" if status == b"400" else b"Host: x\r\n"
+                )
+                with contextlib.suppress(OSError):  # the server may close before all is sent
+                    sock.sendall(request + head)
+                answer = _answer(sock)
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+            assert answer.endswith(b'{"success": false, "error": "' + error + b'"}'), answer

@@ -94,14 +94,18 @@ class Storage(ABC):
     def commit_events(self, events: list[Doc]) -> None:
         """Store events for a request, sharing one write with concurrent requests (see
         group_commit); returns once they are acknowledged, raises as insert_events does.
-        When the store refused some of them, the others are stored and EventsRefused names
-        the refused ones (by position in ``events``); StoreUnavailable if any must be retried."""
+        When some of them were not stored but others were, EventsRefused names them (by
+        position in ``events``): refused for what they hold, or to be retried (a transient
+        per-document error). StoreUnavailable only when none of them was stored, so that a
+        request answered 503 has stored nothing."""
         outcomes = self.group_commit.submit(events)
         failed = {i: error for i, error in enumerate(outcomes) if error is not None}
-        if any(isinstance(error, StoreUnavailable) for error in failed.values()):
+        retry = frozenset(i for i, error in failed.items() if isinstance(error, StoreUnavailable))
+        if retry and len(failed) == len(events):
             raise StoreUnavailable("write error")
         if failed:
-            raise EventsRefused({i: str(error) for i, error in failed.items()})
+            reasons = {i: str(error) for i, error in failed.items() if i not in retry}
+            raise EventsRefused(reasons, retry)
 
     @abstractmethod
     def insert_events(self, events: list[Doc]) -> list[Exception | None] | None:

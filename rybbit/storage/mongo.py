@@ -174,8 +174,7 @@ class MongoStorage(Storage):
         if not events:
             return None
         if self.retention.prepare_insert(self):  # time-series: no unique _id, see retention.py
-            self.retention.insert_timeseries(self, events)
-            return None
+            return self.retention.insert_timeseries(self, events)
         try:
             with self.op():
                 self.events.insert_many(events, ordered=False)

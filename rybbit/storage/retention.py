@@ -45,6 +45,7 @@ import pymongo.errors
 from flask import Flask
 
 from ..store_errors import DuplicateKey, StoreUnavailable
+from ..write_errors import outcomes
 
 if TYPE_CHECKING:  # only for types: the back ends import this module, never the reverse
     from .base import Storage as Store
@@ -217,12 +218,28 @@ class Retention:
                     if self.settings.seconds is not None:
                         self.expiry = BY_PURGE
 
-    def insert_timeseries(self, store: MongoStorage, events: list[dict[str, Any]]) -> None:
+    def insert_timeseries(
+        self, store: MongoStorage, events: list[dict[str, Any]]
+    ) -> list[Exception | None] | None:
         """Store events in a time-series collection, each client-identified one once (see the
-        module docstring): drop the ids already recorded, store, then record the new ids."""
+        module docstring): drop the ids already recorded, store, then record the new ids.
+        Returns what insert_events does: None, or per event None or its error (the server
+        refused single documents; only the stored ones' ids are recorded)."""
         fresh, marks = self._unseen(store, events)
-        store_events(store, fresh)  # raises: nothing recorded, the client retries
-        record_ids(store, marks)
+        outcomes = store_events(store, fresh)  # raises: nothing recorded, the client retries
+        if outcomes is None:
+            record_ids(store, marks)
+            return None
+        failed = {fresh[i].get("_id") for i, error in enumerate(outcomes) if error is not None}
+        record_ids(store, [mark for mark in marks if mark["_id"] not in failed])
+        # Back to positions in ``events``: a skipped repeat of an id shares the outcome of the
+        # event of that id stored in this write, if any (else it was stored before: None).
+        position = {id(event): i for i, event in enumerate(fresh)}
+        by_id = {e["_id"]: outcomes[i] for i, e in enumerate(fresh) if "event_id" in e}
+        return [
+            outcomes[position[id(event)]] if id(event) in position else by_id.get(event["_id"])
+            for event in events
+        ]
 
     @staticmethod
     def _unseen(
@@ -343,16 +360,23 @@ class Retention:
 # -- store operations ------------------------------------------------------------------------
 
 
-def store_events(store: MongoStorage, events: list[dict[str, Any]]) -> None:
+def store_events(
+    store: MongoStorage, events: list[dict[str, Any]]
+) -> list[Exception | None] | None:
     """Insert events with the store's (journaled) write concern. A duplicate ``_id`` can only
-    be refused by a regular collection standing in for a time-series one; it is stored."""
+    be refused by a regular collection standing in for a time-series one; it is stored. When
+    the server refuses single documents, the others are stored: per event, None or its error
+    (write_errors), so one refused document fails only its own request."""
     if not events:
-        return
+        return None
     try:
         with store.op():
             store.events.insert_many(events, ordered=False)
     except DuplicateKey:
         pass
+    except pymongo.errors.BulkWriteError as exc:  # store.op() lets only per-document ones by
+        return outcomes(exc.details, len(events))
+    return None
 
 
 def record_ids(store: MongoStorage, marks: list[dict[str, Any]]) -> None:

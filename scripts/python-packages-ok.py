@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tomllib
-from importlib.metadata import Distribution, PackageNotFoundError, distribution
+from importlib.metadata import Distribution, PackageNotFoundError, distribution, distributions
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -61,10 +61,13 @@ def _plain(requirement: Any) -> str:
 
 def _own_install(name: str, checkout: Path) -> list[str]:
     """[] when ``name`` is installed editable from ``checkout``, else what is wrong."""
-    try:
-        found: Distribution = distribution(name)
-    except PackageNotFoundError:
+    # The checkout's own rybbit_track.egg-info (a by-product of the editable build) is found
+    # first when the checkout is on sys.path (pytest, python -c); pip's record of the install
+    # is the one with a direct_url.json.
+    found_all: list[Distribution] = list(distributions(name=name))
+    if not found_all:
         return [name]
+    found = next((d for d in found_all if d.read_text("direct_url.json")), found_all[0])
     direct = json.loads(found.read_text("direct_url.json") or "{}")
     url = urlsplit(direct.get("url", ""))
     source = Path(unquote(url.path)) if url.scheme == "file" else None

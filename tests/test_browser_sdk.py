@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +28,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.gunicorn_service import Service, run_service
+from tests.npm_packages import npm_package
 
 SDK_VERSION = "0.6.2"
 CHROMIUM = "/usr/bin/chromium"
@@ -62,37 +59,10 @@ window.rybbitReady = true;
 """
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rybbit-track" / f"rybbit-js-{SDK_VERSION}"
-
-
 @pytest.fixture(scope="session")
 def rybbit_sdk() -> Path:
     """The unpacked ``@rybbit/js`` package, fetched from npm once per machine."""
-    package = _cache_dir() / "package"
-    if (package / "dist" / "index.mjs").is_file():
-        return package
-    if shutil.which("npm") is None:
-        pytest.fail("npm is needed to fetch @rybbit/js, the browser SDK under test")
-    package.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=package.parent) as scratch:
-        subprocess.run(
-            ["npm", "pack", f"@rybbit/js@{SDK_VERSION}", "--pack-destination", scratch],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        (tarball,) = Path(scratch).glob("*.tgz")
-        with tarfile.open(tarball) as archive:
-            archive.extractall(scratch, filter="data")
-        # Renamed into place whole, so a concurrent or interrupted run never sees half of it.
-        try:
-            os.rename(Path(scratch) / "package", package)
-        except OSError:
-            if not package.is_dir():
-                raise
-    return package
+    return npm_package("@rybbit/js", SDK_VERSION, "dist/index.mjs")
 
 
 @pytest.fixture(scope="session")

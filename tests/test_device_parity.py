@@ -10,17 +10,14 @@ vendored or shipped). Without node or npm these tests fail rather than skip: CI 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tarfile
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from plugins.device import describe
+from tests.npm_packages import npm_package
 
 ORACLE_VERSION = "2.0.3"  # what Rybbit's server/package.json pins
 CORPUS = Path(__file__).parent / "data" / "user_agents.txt"
@@ -52,41 +49,10 @@ MADE_UP = {
 }
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rybbit-track" / f"ua-parser-js-{ORACLE_VERSION}"
-
-
 @pytest.fixture(scope="session")
 def ua_parser_js() -> Path:
     """The unpacked ua-parser-js package, fetched from npm once per machine."""
-    package = _cache_dir() / "package"
-    if (package / "src" / "main" / "ua-parser.js").is_file():
-        return package
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is needed to run ua-parser-js, the device fields' test oracle")
-    package.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=package.parent) as scratch:
-        subprocess.run(
-            ["npm", "pack", f"ua-parser-js@{ORACLE_VERSION}", "--pack-destination", scratch],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        (tarball,) = Path(scratch).glob("*.tgz")
-        with tarfile.open(tarball) as archive:
-            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
-                archive.extractall(scratch, filter="data")
-            else:
-                archive.extractall(scratch)  # noqa: S202 - npm's own tarball
-        # Renamed into place whole, so a concurrent or interrupted run never sees half of it.
-        try:
-            os.rename(Path(scratch) / "package", package)
-        except OSError:
-            if not package.is_dir():
-                raise
-    return package
+    return npm_package("ua-parser-js", ORACLE_VERSION, "src/main/ua-parser.js")
 
 
 def corpus() -> list[str]:

@@ -33,7 +33,10 @@ Visit = tuple[str, datetime]
 
 class SessionsEnricher(Enricher):
     name = "sessions"
-    after = ("identity", "bots")
+    # At shipping time, on batches: its store round trips never hold up a request, and the
+    # events shipped together share them. It reads what request-stage enrichers added
+    # (identity's user_id, bots' is_bot), which all ran before.
+    stage = "shipping"
 
     def __init__(self, timeout: timedelta) -> None:
         self.timeout = timeout

@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from . import credentials, metrics, ratelimit
+from .delivery import get_delivery
 from .enrichment import EnrichmentContext
 from .errors import ApiError, InvalidPayload, refused_details
 from .payloads import load, read_json
@@ -24,7 +25,7 @@ from .plugin_loader import RUNNER_KEY
 from .schemas import TrackEventSchema, js_type
 from .store import get_store
 from .store_errors import EventsRefused, StoreUnavailable
-from .track import authenticate, finish_event, start_event, usage_recorder
+from .track import authenticate, finish_event, start_event
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def track_batch() -> ResponseReturnValue:
             stored_items.append(each)
 
     try:
-        store.commit_events(to_store)  # StoreUnavailable: 503 for the whole batch, nothing stored
+        # Durable before the answer. StoreUnavailable: 503 for the whole batch, nothing stored.
+        get_delivery(current_app).accept(to_store)
     except EventsRefused as exc:  # the others are stored
         for position in exc.retry:  # a transient error for this document only
             item = stored_items[position]
@@ -152,12 +154,6 @@ def track_batch() -> ResponseReturnValue:
                 refused.index, ApiError(400, "Invalid payload", refused_details(reason))
             )
             metrics.event_refused(refused.payload, refused.site)
-        stored_items = [
-            e for i, e in enumerate(stored_items) if i not in exc.reasons and i not in exc.retry
-        ]
-    used_keys = {each.key["_id"]: each.event["received_at"] for each in stored_items}
-    for key_id, moment in used_keys.items():
-        usage_recorder(current_app).touch(store, key_id, moment)
     rejected = sum(1 for r in results if not r["success"])
     return jsonify(
         success=rejected == 0,

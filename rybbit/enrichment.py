@@ -1,9 +1,20 @@
 """The enrichment step between validation and storage, and what an enricher is.
 
 Every accepted event passes through the registered enrichers in a deterministic order before it
-is stored. An enricher that raises is logged, counted and skipped for that event; the event is
-still stored. The exception is StoreUnavailable: with the store down the event could not be
-stored either, so the request is answered 503 at once.
+is stored, in two stages:
+
+- ``"request"`` enrichers run on the request path, before the event is written durably and
+  acknowledged. They see the request (headers, addresses), and the site's filters (bots,
+  countries) read what they add. Pure computation belongs here (geo, device, channel...).
+- ``"shipping"`` enrichers run later, on batches of already acknowledged events, just before
+  they are inserted into the store (see rybbit.delivery): with the embedded store, for the
+  events of concurrent requests committed together; with MongoDB, for each batch the spool's
+  shipper sends. Enrichers that need store round trips for shared state (sessions) belong
+  here, so that no request waits for them and a batch shares them.
+
+An enricher that raises is logged, counted and skipped for that event; the event is still
+stored. The exception is StoreUnavailable: with the store down the event could not be stored
+either, so the request is answered 503 at once (at shipping time: the batch is retried).
 """
 
 from __future__ import annotations
@@ -42,16 +53,26 @@ class EnrichmentContext:
     store: Any = None
 
 
+#: Enricher stages, in the order they run (see the module docstring).
+REQUEST = "request"
+SHIPPING = "shipping"
+STAGES = (REQUEST, SHIPPING)
+
+
 class Enricher:
     """Base class for enrichers. Subclass it, set ``name``, and override :meth:`enrich`.
 
     ``after`` names enrichers that must run before this one (missing names are ignored).
+    ``stage`` says when it runs: ``"request"`` (the default) or ``"shipping"``.
     """
 
     #: Unique name, e.g. ``"geo"``; used for ordering, configuration and reports.
     name: str = ""
     #: Names of enrichers whose fields this one reads.
     after: tuple[str, ...] = ()
+    #: ``"request"``: before the acknowledgement, with the request at hand; ``"shipping"``:
+    #: after it, on batches, just before the store insert (see the module docstring).
+    stage: str = REQUEST
 
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         """Add or change fields of ``event`` (the document about to be stored), in place."""
@@ -74,16 +95,39 @@ class Enricher:
 
 
 def order_enrichers(enrichers: list[Enricher]) -> list[Enricher]:
-    """Dependencies first (``after``), ties broken by name, so the order never depends on
-    which plugin happened to load first."""
+    """Request-stage enrichers before shipping-stage ones; within a stage dependencies first
+    (``after``), ties broken by name, so the order never depends on which plugin happened to
+    load first. A request-stage enricher cannot run after a shipping-stage one: such an
+    ``after`` is logged and ignored."""
     by_name: dict[str, Enricher] = {}
     for enricher in enrichers:
         if enricher.name in by_name:
             log.error("two enrichers are named %r; keeping the first", enricher.name)
             continue
+        if enricher.stage not in STAGES:
+            log.error(
+                "enricher %r has stage %r; running it at %r", enricher.name, enricher.stage, REQUEST
+            )
+            enricher.stage = REQUEST
         by_name[enricher.name] = enricher
-    enrichers = list(by_name.values())
-    graph = {e.name: [d for d in e.after if d in by_name] for e in enrichers}
+    later = {name for name, e in by_name.items() if e.stage == SHIPPING}
+    for enricher in by_name.values():
+        if enricher.stage == REQUEST and later.intersection(enricher.after):
+            log.error(
+                "enricher %s runs at request time, after %s that run at shipping time: "
+                "ignoring that part of its order",
+                enricher.name,
+                sorted(later.intersection(enricher.after)),
+            )
+    return [
+        enricher
+        for stage in STAGES
+        for enricher in _order_stage({n: e for n, e in by_name.items() if e.stage == stage})
+    ]
+
+
+def _order_stage(by_name: dict[str, Enricher]) -> list[Enricher]:
+    graph = {name: [d for d in e.after if d in by_name] for name, e in by_name.items()}
     sorter = TopologicalSorter(graph)
     try:
         sorter.prepare()
@@ -110,14 +154,29 @@ class EnrichmentRunner:
         self._taken: tuple[int, dict[str, float], dict[str, int]] = (0, {}, {})
         self._lock = threading.Lock()
 
+    @property
+    def enrichers(self) -> list[Enricher]:
+        """Every enricher, in the order they run (request stage, then shipping stage)."""
+        return self._all
+
+    @enrichers.setter
+    def enrichers(self, ordered: list[Enricher]) -> None:
+        self._all = ordered
+        self._stages = {stage: [e for e in ordered if e.stage == stage] for stage in STAGES}
+
+    def stage(self, stage: str) -> list[Enricher]:
+        """The enrichers of one stage, in order."""
+        return self._stages[stage]
+
     def add(self, enricher: Enricher) -> None:
         """Add an enricher after start-up (embedding, tests); the order is recomputed."""
         self.enrichers = order_enrichers([*self.enrichers, enricher])
 
     def run(self, event: dict[str, Any], context: EnrichmentContext) -> None:
+        """The request-stage enrichers on one event."""
         timings: list[tuple[str, float]] = []
         failed: list[str] = []
-        for enricher in self.enrichers:
+        for enricher in self._stages[REQUEST]:
             started = time.perf_counter()
             try:
                 enricher.enrich(event, context)
@@ -134,15 +193,19 @@ class EnrichmentRunner:
             self.failures.update(failed)
 
     def run_many(
-        self, events: Sequence[dict[str, Any]], contexts: Sequence[EnrichmentContext]
+        self,
+        events: Sequence[dict[str, Any]],
+        contexts: Sequence[EnrichmentContext],
+        stage: str = REQUEST,
     ) -> None:
-        """``run`` for the events of a batch request, one enricher at a time, so that
-        enrichers overriding ``enrich_many`` serve the whole batch in one call."""
-        if not events:
+        """The enrichers of ``stage`` on the events of a batch (a batch request's, or those
+        shipped together), one enricher at a time, so that enrichers overriding
+        ``enrich_many`` serve the whole batch in one call."""
+        if not events or not self._stages[stage]:
             return
         timings: list[tuple[str, float]] = []
         failed: list[str] = []
-        for enricher in self.enrichers:
+        for enricher in self._stages[stage]:
             started = time.perf_counter()
             if type(enricher).enrich_many is Enricher.enrich_many:
                 for event, context in zip(events, contexts, strict=True):
@@ -163,7 +226,8 @@ class EnrichmentRunner:
                     failed.extend([enricher.name] * len(events))
             timings.append((enricher.name, time.perf_counter() - started))
         with self._lock:
-            self.events += len(events)
+            if stage == REQUEST:  # an event counts once, when it first runs
+                self.events += len(events)
             for name, elapsed in timings:
                 self.seconds[name] += elapsed
             self.failures.update(failed)

@@ -3,6 +3,8 @@ import them without importing the store (rybbit.store re-exports them)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not acknowledge in time; the client may retry."""
@@ -27,3 +29,18 @@ class EventsRefused(Exception):
         super().__init__(f"{len(reasons) + len(retry)} event(s) not stored")
         self.reasons = reasons
         self.retry = retry
+
+
+def raise_for_outcomes(outcomes: Sequence[Exception | None]) -> None:
+    """Turn the per-event outcomes of one write into its sender's answer: nothing when all
+    were stored; EventsRefused naming those that were not (by position) when others were:
+    refused for what they hold, or to be retried (a transient per-document error);
+    StoreUnavailable when none was stored, so that a request answered 503 stored nothing."""
+    failed = {i: error for i, error in enumerate(outcomes) if error is not None}
+    if not failed:
+        return
+    retry = frozenset(i for i, error in failed.items() if isinstance(error, StoreUnavailable))
+    if retry and len(failed) == len(outcomes):
+        raise StoreUnavailable("write error")
+    reasons = {i: str(error) for i, error in failed.items() if i not in retry}
+    raise EventsRefused(reasons, retry)

@@ -7,7 +7,8 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import browser, credentials, keys, metrics, request_log, site_rules, sites
+from . import browser, credentials, delivery, keys, metrics, request_log, site_rules, sites
+from .delivery import Shipping, get_delivery
 from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
@@ -119,9 +120,8 @@ def track() -> ResponseReturnValue:
     metrics.event_judged(g.payload, g.site, message)
     if event is None:
         return jsonify(success=True, message=message)
-    store.commit_events([event])  # a repeated event_id is acknowledged again, not re-stored
-    if g.api_key is not None:
-        usage_recorder(current_app).touch(store, g.api_key["_id"], event["received_at"])
+    # Durable before the answer; a repeated event_id is acknowledged again, not re-stored.
+    get_delivery(current_app).accept([event])
     return jsonify(success=True)
 
 
@@ -129,8 +129,27 @@ def usage_recorder(app: Flask) -> keys.UsageRecorder:
     return app.extensions[USAGE_KEY]  # type: ignore[no-any-return]
 
 
+def _shipping(app: Flask) -> Shipping:
+    """How this process ships events: with its store, the app's enrichers, the sites as the
+    lookup cache has them, and key usage noted by the usage recorder."""
+    store = get_store(app)
+    cache = lookup_cache(app)
+    usage = usage_recorder(app)
+
+    def site_of(site_id: str) -> dict[str, Any] | None:
+        return cache.get(("site", site_id), lambda: sites.find_site(store, site_id))  # type: ignore[no-any-return]
+
+    return Shipping(
+        store,
+        app.extensions[RUNNER_KEY],
+        site_of,
+        lambda key_id, moment: usage.touch(store, key_id, moment),
+    )
+
+
 def init_app(app: Flask) -> None:
     app.extensions[USAGE_KEY] = keys.UsageRecorder(app.config["KEY_USAGE_FLUSH_SECONDS"])
+    delivery.init_app(app, lambda: _shipping(app))
     app.register_blueprint(bp)
     browser.init_app(app)
     # Only these paths get CORS headers: the admin API stays same-origin. The routes a page

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..group_commit import GroupCommit
-from ..store_errors import EventsRefused, StoreUnavailable
+from ..store_errors import raise_for_outcomes
 from .retention import Retention
 
 Doc = dict[str, Any]
@@ -98,14 +98,7 @@ class Storage(ABC):
         position in ``events``): refused for what they hold, or to be retried (a transient
         per-document error). StoreUnavailable only when none of them was stored, so that a
         request answered 503 has stored nothing."""
-        outcomes = self.group_commit.submit(events)
-        failed = {i: error for i, error in enumerate(outcomes) if error is not None}
-        retry = frozenset(i for i, error in failed.items() if isinstance(error, StoreUnavailable))
-        if retry and len(failed) == len(events):
-            raise StoreUnavailable("write error")
-        if failed:
-            reasons = {i: str(error) for i, error in failed.items() if i not in retry}
-            raise EventsRefused(reasons, retry)
+        raise_for_outcomes(self.group_commit.submit(events))
 
     @abstractmethod
     def insert_events(self, events: list[Doc]) -> list[Exception | None] | None:

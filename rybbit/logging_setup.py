@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 FORMAT_ENV = "RYBBIT_LOG_FORMAT"
 FORMATS = ("json", "text")
@@ -45,26 +44,34 @@ def redact(text: str) -> str:
     return _API_KEY.sub(r"\1...", text) if "rb_" in text else text
 
 
-class JsonFormatter(_JsonFormatter):
-    """One JSON object per record: time, level, logger, pid, message, then any extra fields."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, pid, message, then any extra fields,
+    then ``exc_info``/``stack_info`` when there are any. Written by hand rather than with
+    python-json-logger's formatter, which took ~100 us a line on the request path (the
+    request log writes one per request); values JSON cannot hold are written as ``str``."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            ["asctime", "levelname", "name", "process", "message"],
-            rename_fields={
-                "asctime": "time",
-                "levelname": "level",
-                "name": "logger",
-                "process": "pid",
-            },
-        )
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD_ATTRS and name[0] != "_":
+                fields[name] = value
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            fields["exc_info"] = record.exc_text
+        if record.stack_info:
+            fields["stack_info"] = self.formatStack(record.stack_info)
+        return redact(json.dumps(fields, default=str, ensure_ascii=False))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         moment = datetime.fromtimestamp(record.created, UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
 
 
 class TextFormatter(logging.Formatter):

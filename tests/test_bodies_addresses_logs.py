@@ -236,7 +236,7 @@ def test_the_app_logs_no_event_content_on_a_500(
         def explode(*args: Any, **kwargs: Any) -> None:
             raise ValueError(f"cannot store {args[1]!r}")
 
-        monkeypatch.setattr(get_store(app).__class__, "commit_events", explode)
+        monkeypatch.setattr(get_store(app).__class__, "insert_events", explode)
         response = app.test_client().post(
             "/api/track",
             json={

@@ -24,6 +24,7 @@ from flask import Flask
 
 from .enrichment import SHIPPING, EnrichmentContext, EnrichmentRunner
 from .group_commit import GroupCommit
+from .native import off_loop
 from .storage.base import Storage
 from .store_errors import raise_for_outcomes
 
@@ -84,7 +85,12 @@ class DirectDelivery:
 
     def __init__(self, shipping: Shipping, max_events: int) -> None:
         self.shipping = shipping
-        self.group: GroupCommit[Doc, Exception | None] = GroupCommit(shipping.ship, max_events)
+        ship = shipping.ship
+        if shipping.store.embedded:
+            # Under gevent, SQLite would block the worker; in the hub's thread pool it lets
+            # other requests run meanwhile and queue up for the next group (rybbit.native).
+            ship = off_loop(ship)
+        self.group: GroupCommit[Doc, Exception | None] = GroupCommit(ship, max_events)
 
     def accept(self, events: list[Doc]) -> None:
         """Returns once ``events`` are stored; raises as raise_for_outcomes says."""

@@ -1,7 +1,7 @@
 """Clients that trickle their requests must not stop the service from answering others.
 
-A real gunicorn with the default settings (gunicorn.conf.py: threads for the embedded store,
-gevent with a MongoDB server), 200 connections sending a request a byte at a time, and normal
+A real gunicorn with the default settings (gunicorn.conf.py: gevent workers), and the
+buffering thread worker (RYBBIT_WORKER_CLASS=gthread) on its own; 200 connections sending a request a byte at a time, and normal
 requests beside them that must be answered promptly.
 """
 
@@ -93,7 +93,13 @@ def test_slow_clients_do_not_stop_normal_requests(
 def test_the_threaded_worker_still_speaks_http_as_before(tmp_path: Path) -> None:
     """Kept-alive connections, Expect: 100-continue and a request that never completes, on
     the worker that reads requests whole before a thread serves them (the embedded store's)."""
-    with run_service(tmp_path, None, workers=1, RYBBIT_REQUEST_READ_TIMEOUT="2") as service:
+    with run_service(
+        tmp_path,
+        None,
+        workers=1,
+        RYBBIT_WORKER_CLASS="gthread",
+        RYBBIT_REQUEST_READ_TIMEOUT="2",
+    ) as service:
         site = service.admin("POST", "/sites", {"name": "s", "domain": "s.example"})
         key = service.admin("POST", f"/sites/{site['site_id']}/api-keys")
         body = json.dumps({"api_key": key["api_key"], "site_id": site["site_id"]}).encode()
@@ -214,7 +220,9 @@ def test_requests_that_are_not_whole_never_reach_a_thread(tmp_path: Path) -> Non
     """The review's attacks on a worker with 2 threads: each must hold no thread (normal
     requests are still answered at once) or be refused in the event loop, in the contract's
     error shape."""
-    with run_service(tmp_path, None, workers=1, RYBBIT_THREADS="2") as service:
+    with run_service(
+        tmp_path, None, workers=1, RYBBIT_WORKER_CLASS="gthread", RYBBIT_THREADS="2"
+    ) as service:
         site = service.admin("POST", "/sites", {"name": "s", "domain": "s.example"})
         key = service.admin("POST", f"/sites/{site['site_id']}/api-keys")
         body = {"api_key": key["api_key"], "site_id": site["site_id"], "pathname": "/normal"}

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pymongo.errors
 from flask import Flask
 
+from ..native import os_thread
 from ..store_errors import DuplicateKey, StoreUnavailable
 from ..write_errors import outcomes
 
@@ -276,9 +277,12 @@ class Retention:
             if now < self._next_purge or running:
                 return
             self._next_purge = now + self.settings.purge_interval
-            thread = threading.Thread(
-                target=self._purge_quietly, args=(store,), name="rybbit-retention", daemon=True
-            )
+            if store.embedded:  # SQLite blocks: off a gevent worker's loop (rybbit.native)
+                thread = os_thread(self._purge_quietly, "rybbit-retention", (store,))
+            else:  # pymongo's sockets belong to the loop's thread
+                thread = threading.Thread(
+                    target=self._purge_quietly, args=(store,), name="rybbit-retention", daemon=True
+                )
             self._purge_thread = thread
         try:
             thread.start()

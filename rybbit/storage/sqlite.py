@@ -39,6 +39,7 @@ from bson import ObjectId
 
 from ..jsonutil import json_default
 from ..metrics import store_write
+from ..native import os_thread, os_thread_local
 from ..store_errors import DuplicateKey, StoreUnavailable
 from ..write_errors import Refused
 from . import codec
@@ -321,12 +322,17 @@ class SQLiteStorage(Storage):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"EMBEDDED_SYNCHRONOUS must be NORMAL or FULL, not {synchronous!r}")
         self.synchronous = synchronous.upper()
-        self._local = threading.local()
+        self._local = os_thread_local()
         self._checkpoint_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._closed = threading.Event()
 
     # -- connections and transactions -------------------------------------------------------
+    # One connection per OS thread. Under gevent, that is one connection shared by a worker's
+    # greenlets: opening one per greenlet (per request) would cost more than the request. It
+    # is safe because SQLite calls never yield to another greenlet, so one greenlet's
+    # transaction always ends before another's begins; what does yield mid-read (the export's
+    # cursor) opens a connection of its own.
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with this store's settings (autocommit: transactions are explicit)."""
@@ -348,9 +354,7 @@ class SQLiteStorage(Storage):
         with self._checkpoint_lock:
             if self._checkpointer is not None:
                 return
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, name="rybbit-sqlite-checkpoint", daemon=True
-            )
+            self._checkpointer = os_thread(self._checkpoint_loop, "rybbit-sqlite-checkpoint")
         self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:

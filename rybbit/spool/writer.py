@@ -52,6 +52,19 @@ class SpoolClosed(SpoolError):
     """The spool was closed."""
 
 
+class _Waiter:
+    """An append waiting for the sync that covers its bytes (``target``)."""
+
+    __slots__ = ("target", "wake", "lead", "error")
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.wake = threading.Lock()  # held until its leader releases it: a one-shot signal
+        self.wake.acquire()
+        self.lead = False
+        self.error: BaseException | None = None
+
+
 class Spool:
     """This process's spool: an owned directory of segments (see rybbit/spool/__init__.py).
 
@@ -74,7 +87,7 @@ class Spool:
         self._fsync = fsync
         self.directory = SpoolDir.create(root)
         self._lock = threading.Lock()
-        self._synced = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)  # no sync running (for close)
         self._closed = False
         self._broken: BaseException | None = None
         # Writing.
@@ -87,6 +100,7 @@ class Spool:
         self._unsynced: dict[int, bool] = {}
         self._dir_unsynced = False
         self._syncing = False
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # oldest first
         self._durable = 0
         self._durable_records = 0
         self._durable_pos: Position = (1, HEADER_SIZE)
@@ -169,15 +183,27 @@ class Spool:
 
     def _await_durable(self, target: int) -> None:
         with self._lock:
-            while True:
-                if self._durable >= target:
-                    return
-                self._check_usable(closing_ok=True)
-                if not self._syncing:
-                    break
-                self._synced.wait()
-            # This caller syncs, for everything written so far.
-            self._syncing = True
+            if self._durable >= target:
+                return
+            self._check_usable(closing_ok=True)
+            if self._syncing:  # queue behind the running sync; woken once, by its leader
+                waiter = _Waiter(target)
+                self._waiters.append(waiter)
+            else:
+                self._syncing = True
+                waiter = None
+        if waiter is not None:
+            waiter.wake.acquire()
+            if not waiter.lead:
+                if waiter.error is not None:
+                    raise SpoolBroken(f"spool fsync failed: {waiter.error}") from waiter.error
+                return
+        self._lead_syncs()
+
+    def _lead_syncs(self) -> None:
+        """Sync everything written so far, wake the appends it covers, and hand the next sync
+        to the oldest append it does not cover (so each waiter is woken exactly once)."""
+        with self._lock:
             upto, upto_records, upto_pos = self._written, self._written_records, self._position()
             fds, self._unsynced = self._unsynced, {}
             sync_dir, self._dir_unsynced = self._dir_unsynced, False
@@ -194,13 +220,23 @@ class Spool:
                 if close:
                     os.close(fd)
         with self._lock:
-            self._syncing = False
             self.fsyncs += 1
             if error is None:
                 self._mark_durable(upto, upto_records, upto_pos)
             elif self._broken is None:
                 self._broken = error
-            self._synced.notify_all()
+            waiters = self._waiters
+            while waiters and (error is not None or waiters[0].target <= upto):
+                done = waiters.popleft()
+                done.error = error
+                done.wake.release()
+            if waiters:
+                successor = waiters.popleft()
+                successor.lead = True
+                successor.wake.release()
+            else:
+                self._syncing = False
+                self._idle.notify_all()
         if error is not None:
             raise SpoolBroken(f"spool fsync failed: {error}") from error
 
@@ -261,7 +297,7 @@ class Spool:
                 return
             self._closed = True
             while self._syncing:
-                self._synced.wait()
+                self._idle.wait()
             fds = set(self._unsynced) | {self._fd}
             self._unsynced = {}
         for fd in fds:

@@ -404,3 +404,21 @@ def test_a_corrupt_tail_in_an_adopted_spool_is_skipped_and_the_rest_shipped(
     assert sink.stored == payloads
     assert any("torn tail" in message for message in caplog.messages)
     assert adopter.stats().skipped_bytes_total == 50
+
+
+def test_a_trickle_is_shipped_in_one_delivery_but_flush_does_not_linger(
+    root: Path, shippers: list[Shipper]
+) -> None:
+    spool = Spool(root, quota_bytes=1 << 30)
+    sink = Sink()
+    shipper = start(shippers, root, spool, sink, linger=0.5)
+    for n in range(5):
+        spool.append([record(n)])
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert sink.calls[:1] in ([], [[record(0)]])  # the first may go at once; the rest wait
+    began = time.monotonic()
+    assert shipper.flush(5)
+    assert time.monotonic() - began < 0.4  # no lingering while someone waits
+    assert sink.stored == [record(n) for n in range(5)]
+    assert len(sink.calls) <= 2

@@ -190,6 +190,7 @@ class Shipper:
         backoff_max: float = 5.0,
         adopt_interval: float = 10.0,
         idle_poll: float = 0.5,
+        linger: float = 0.02,
         dead_letter_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
@@ -200,6 +201,7 @@ class Shipper:
         self.backoff_max = backoff_max
         self.adopt_interval = adopt_interval
         self.idle_poll = idle_poll
+        self.linger = linger
         self.dead_letters = DeadLetterFile(dead_letter_path or self.root / DEAD_LETTER_NAME)
         self._own = _Source(own_spool.directory, own_spool) if own_spool is not None else None
         self._adopted: list[_Source] = []
@@ -207,6 +209,7 @@ class Shipper:
         self._turn = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._urgent = threading.Event()  # a flush or stop waits: no lingering
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
         self._next_adoption = 0.0
@@ -235,6 +238,7 @@ class Shipper:
         now, was shipped (or dead-lettered); False if ``timeout`` passed first."""
         target = self._own.spool.durable_position() if self._own and self._own.spool else None
         pending = {id(source) for source in self._adopted}
+        self._urgent.set()
         self._wake.set()
 
         def done() -> bool:
@@ -251,6 +255,7 @@ class Shipper:
             return False
         shipped = self.flush(timeout)
         self._stop.set()
+        self._urgent.set()
         self._wake.set()
         self._thread.join(max(timeout, 1.0))
         if self._thread.is_alive():  # stuck in deliver: leave its directories to it
@@ -313,8 +318,20 @@ class Shipper:
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
             backoff = self.backoff_initial
+            self._urgent.clear()  # caught up: what a flush waited for was shipped
             self._wake.wait(self.idle_poll)
             self._wake.clear()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Let a trickle of new records gather into one delivery (one store round trip for
+        many records, like Kafka's linger.ms): wait up to ``linger`` unless a full batch is
+        there already or someone waits for the shipping."""
+        if self.linger <= 0 or self._own is None or self._own.spool is None:
+            return
+        if self._own.spool.backlog()[0] >= self.batch_size:
+            return
+        self._urgent.wait(self.linger)
 
     def _adopt(self) -> None:
         self._next_adoption = time.monotonic() + self.adopt_interval

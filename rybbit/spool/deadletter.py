@@ -15,7 +15,6 @@ as private as the store itself.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 from collections.abc import Sequence
@@ -63,13 +62,16 @@ class DeadLetterFile:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data = b"".join(_line(letter, now) for letter in letters)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines, never interleaved with another worker
+            durable.lock_exclusive(fd)  # whole lines, never interleaved with another worker
             view = memoryview(data)
             done = 0
             while done < len(data):
                 done += os.write(fd, view[done:])
             durable.fdatasync(fd)
+            if created:  # the file's name must survive a crash as well as its lines
+                durable.fsync_dir(self.path.parent)
         finally:
             os.close(fd)  # drops the flock

@@ -7,6 +7,7 @@ is patched, the call goes to the hub's thread pool instead, and only the calling
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from collections.abc import Callable
@@ -37,6 +38,11 @@ def fdatasync(fd: int) -> None:
 
 def fsync(fd: int) -> None:
     _blocking(os.fsync, fd)
+
+
+def lock_exclusive(fd: int) -> None:
+    """flock(LOCK_EX), waiting for another process's hold without stopping other greenlets."""
+    _blocking(lambda locked: fcntl.flock(locked, fcntl.LOCK_EX), fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,10 +20,12 @@ from rybbit.spool import (
     Retry,
     Shipper,
     Spool,
+    SpoolBroken,
     SpoolFull,
     iter_records,
 )
 from rybbit.spool import durable as durable_module
+from rybbit.spool import writer as writer_module
 from rybbit.spool.segments import FRAME_SIZE, HEADER_SIZE, encode, encode_header
 
 
@@ -238,6 +241,50 @@ def test_quota_refuses_then_accepts_after_shipping(root: Path, shippers: list[Sh
     spool.append([payload])  # room again
     assert shipper.flush(10)
     assert sum(len(call) for call in sink.calls) == 11
+
+
+def test_a_failed_fsync_breaks_the_spool_for_good(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(root, quota_bytes=1 << 20)
+    spool.append([record(1)])
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(durable_module.os, "fdatasync", failing)
+    with pytest.raises(SpoolBroken):
+        spool.append([record(2)])
+    monkeypatch.undo()  # the disk seems fine again: the dropped pages may be gone all the same
+    with pytest.raises(SpoolBroken):
+        spool.append([record(3)])
+    spool.close()
+
+
+def test_a_full_disk_mid_write_leaves_no_torn_record(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(root, quota_bytes=1 << 20)
+    spool.append([record(1)])
+    segment = spool.directory.segment_path(1)
+    size = segment.stat().st_size
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_enospc(fd: int, data: bytes | memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[:30])  # a partial write
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module.os, "write", short_then_enospc)
+    with pytest.raises(SpoolFull):
+        spool.append([record(2, size=500)])
+    monkeypatch.undo()
+    assert segment.stat().st_size == size  # the partial frame was cut off again
+    spool.append([record(3)])
+    assert [payload for _, payload in iter_records(segment)] == [record(1), record(3)]
+    spool.close()
 
 
 # The shipper -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ raises ``SpoolBroken`` from then on. Nothing unacknowledged was promised.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import os
 import threading
@@ -296,18 +297,20 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
+            target = self._written
+        if self._fsync:
+            # Through the group protocol, as one more waiter: an append still in flight must
+            # never lead a sync while this thread syncs its file outside of it.
+            with contextlib.suppress(SpoolBroken):
+                self._await_durable(target)
+        with self._lock:
             while self._syncing:
                 self._idle.wait()
             fds = set(self._unsynced) | {self._fd}
-            self._unsynced = {}
+            self._unsynced, self._fd = {}, -1
         for fd in fds:
             if fd >= 0:
-                try:
-                    if self._fsync and self._broken is None:
-                        durable.fdatasync(fd)
-                finally:
-                    os.close(fd)
-        self._fd = -1
+                os.close(fd)
         if self.all_shipped():
             self.directory.remove()
         else:

@@ -158,3 +158,27 @@ def test_under_gevent_appends_share_fsyncs_off_the_hub_and_ship(tmp_path: Path) 
     # 20 ms syncs on the hub would freeze the ticker (1 ms sleeps) for most of the run: it
     # then ticks about once a second instead of several hundred times.
     assert result["ticks"] > 0.1 * result["elapsed"] / 0.001
+
+
+def test_the_core_spool_tests_pass_under_gevent() -> None:
+    """tests/test_spool.py again, in a process gevent monkey-patched before anything else
+    (gunicorn's gevent workers are): threads there are greenlets, the spool's locks gevent's,
+    and the fdatasyncs go through the hub's thread pool."""
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import sys, pytest, threading\n"
+        "assert monkey.is_module_patched('threading')\n"
+        # The suite's conftest (Flask apps, FerretDB) and the anyio plugin are not needed here
+        # and do not import under gevent.
+        "sys.exit(pytest.main(['-q', '--noconftest', '-p', 'no:cacheprovider',"
+        " '-p', 'no:anyio', sys.argv[1]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).with_name("test_spool.py"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

@@ -102,14 +102,17 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Write the API keys' last_used_at times this worker still holds (see UsageRecorder)."""
+    """Ship what this worker's spool still holds (a few seconds at most: the rest is adopted
+    by another worker), then write the API keys' last_used_at times it holds (UsageRecorder)."""
     app = getattr(worker, "wsgi", None)
     if app is None or not hasattr(app, "extensions"):
         return  # the worker died before loading the app
+    from rybbit import delivery
     from rybbit.store import get_store
     from rybbit.track import usage_recorder
 
     with app.app_context():
+        delivery.close(app)
         usage_recorder(app).flush(get_store(app))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
-from . import keys, sites
+from . import delivery, keys, sites
 from .admin_schemas import (
     EventsQuerySchema,
     KeyCreateSchema,
@@ -132,6 +132,7 @@ REQUEST_TIME_BOUND_SECONDS = 30
 def delete_site(site_id: str) -> ResponseReturnValue:
     """Delete a site and its events; on a deleted site, delete the events that arrived after."""
     store = get_store()
+    delivery.settle(current_app)  # what this worker acknowledged for the site goes too
     deleted = sites.delete_site(store, site_id)
     if deleted is None:
         raise ApiError(404, "Site not found")
@@ -181,6 +182,7 @@ def rotate_key(site_id: str, key_id: str) -> ResponseReturnValue:
 @bp.get("/sites/<site_id>/events")
 def list_events(site_id: str) -> ResponseReturnValue:
     _site_or_404(site_id)
+    delivery.settle(current_app)
     params = load(_events_query, request.args.to_dict())
     filters = {
         "start": params.get("start"),

@@ -9,7 +9,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import geoip_update, keys, sites
+from . import delivery, geoip_update, keys, sites
 from .events import export_lines
 from .jsonutil import json_default
 from .storage import get_store
@@ -48,6 +48,7 @@ def create_key_command(site_id: str, name: str | None) -> None:
 @click.argument("site_id")
 def export_events_command(site_id: str) -> None:
     """Print SITE_ID's stored events as NDJSON, oldest first."""
+    delivery.settle(current_app)  # events this process acknowledged (an embedding app's)
     for line in export_lines(get_store(), site_id, newest_first=False):
         click.echo(line)
 

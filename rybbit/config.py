@@ -27,6 +27,15 @@ DEFAULTS: dict[str, Any] = {
     # survives a killed process, FULL also a power cut (at a cost in writes per second).
     "EMBEDDED_BUSY_TIMEOUT_MS": 2000,
     "EMBEDDED_SYNCHRONOUS": "NORMAL",
+    # With MongoDB, when an event is acknowledged: "spool" (the default) once it is in this
+    # process's spool in the instance folder, on disk (fdatasync), and shipped to MongoDB in
+    # the background; "store" once MongoDB acknowledged it with MONGO_WRITE_CONCERN (slower;
+    # for those who need e.g. w: majority before the answer). See docs/spool.md.
+    "ACK": "spool",
+    # The spool's folder (relative to the instance folder unless absolute), and how many
+    # bytes of unshipped events it may hold (per worker) before requests get 503s.
+    "SPOOL_DIR": "spool",
+    "SPOOL_QUOTA_BYTES": 1024**3,
     # Seconds a client is told to wait when the store is unavailable.
     "STORE_RETRY_AFTER": 2,
     # How long each process may keep using a site or API key document it read (seconds):

@@ -8,8 +8,11 @@ ways of delivering (``Shipping.ship``):
 - ``DirectDelivery`` (the embedded store, and ``RYBBIT_ACK=store`` with MongoDB): the request
   waits for shipping itself. Concurrent requests share one shipment (group commit), so their
   session state and their insert cost one round trip for all.
-- with MongoDB by default, events go to the spool in the instance folder first and a
-  background shipper ships them in bulk (rybbit.spool).
+- ``SpooledDelivery`` (MongoDB, by default): events are acknowledged once they are in this
+  process's spool in the instance folder (appended and fdatasync'd, concurrent requests
+  sharing one sync), and a background shipper ships them in bulk (rybbit.spool,
+  docs/spool.md). While MongoDB is down, events keep being accepted up to the spool's quota;
+  past it, 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bson import ObjectId
 from flask import Flask
 
+from . import metrics
 from .enrichment import SHIPPING, EnrichmentContext, EnrichmentRunner
 from .group_commit import GroupCommit
 from .native import off_loop
+from .spool import SHIPPED, Outcome, Refused, Retry, Shipper, Spool, SpoolError, SpoolFull
+from .storage import codec
 from .storage.base import Storage
-from .store_errors import raise_for_outcomes
+from .store_errors import StoreUnavailable, raise_for_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +59,32 @@ class Shipping:
 
     def ship(self, events: list[Doc]) -> list[Exception | None]:
         """Store ``events``; per event, None or the error that kept it out (see
-        Storage.insert_events). Raises when the whole write failed."""
-        if self.runner.stage(SHIPPING):
-            self.runner.run_many(events, [self._context(e) for e in events], SHIPPING)
-        outcomes = self.store.insert_events(events) or [None] * len(events)
+        Storage.insert_events). Raises when the whole write failed. Events of a site deleted
+        since they were acknowledged are dropped (None): its events are being purged."""
+        sites = {site_id: self.site_of(site_id) for site_id in {e["site_id"] for e in events}}
+        kept = [i for i, event in enumerate(events) if sites[event["site_id"]] is not None]
+        batch = [events[i] for i in kept]
+        if batch and self.runner.stage(SHIPPING):
+            contexts = [self._context(event, sites[event["site_id"]]) for event in batch]
+            self.runner.run_many(batch, contexts, SHIPPING)
+        stored = (self.store.insert_events(batch) if batch else None) or [None] * len(batch)
+        outcomes: list[Exception | None] = [None] * len(events)
         used: dict[str, Any] = {}
-        for event, outcome in zip(events, outcomes, strict=True):
-            key_id = event.get("api_key_id")
+        for i, outcome in zip(kept, stored, strict=True):
+            outcomes[i] = outcome
+            key_id = events[i].get("api_key_id")
             if outcome is None and key_id:
-                used[key_id] = event["received_at"]
+                used[key_id] = events[i]["received_at"]
         for key_id, moment in used.items():
             self.key_used(key_id, moment)
         return outcomes
 
-    def _context(self, event: Doc) -> EnrichmentContext:
+    def _context(self, event: Doc, site: Mapping[str, Any] | None) -> EnrichmentContext:
         """What a shipping-stage enricher may read: the site, the time, the store. The
         request is gone (no headers, no addresses): what an enricher needs of it, a
         request-stage enricher must put on the event."""
-        site_id = event["site_id"]
         return EnrichmentContext(
-            site=self.site_of(site_id) or {"_id": site_id},
+            site=site or {"_id": event["site_id"]},
             remote_addr=None,
             client_ip=None,
             headers=_NO_HEADERS,
@@ -100,6 +113,85 @@ class DirectDelivery:
         """Nothing is pending once every accept returned."""
 
 
+class SpooledDelivery:
+    """Acknowledge once spooled; ship in the background (see the module docstring)."""
+
+    def __init__(self, shipping: Shipping, root: str, quota_bytes: int) -> None:
+        self.shipping = shipping
+        self.spool = Spool(root, quota_bytes)
+        self.shipper = Shipper(root, self.spool, self._deliver)
+        self.shipper.start()
+        self._reported = (0, 0, 0)  # shipped, refused, errors: what metrics have been told
+
+    def accept(self, events: list[Doc]) -> None:
+        """Returns once ``events`` are durable in the spool; StoreUnavailable when the spool
+        is over its quota (MongoDB down for long) or cannot be written."""
+        for event in events:
+            # Given now, so that a shipment delivered twice (a crash before its checkpoint)
+            # stores each event once: the second insert of an _id is a duplicate, skipped.
+            if "_id" not in event:
+                event["_id"] = ObjectId()
+        records = [codec.dumps(event).encode() for event in events]
+        try:
+            self.spool.append(records)
+        except SpoolFull as exc:
+            log.warning("%s: refusing events until shipping catches up", exc)
+            raise StoreUnavailable("spool full") from exc
+        except SpoolError as exc:
+            log.error("spool: cannot write (%s)", exc)
+            raise StoreUnavailable("spool unavailable") from exc
+
+    def _deliver(self, payloads: list[bytes]) -> list[Outcome]:
+        """One shipment, for the shipper: an outcome per record."""
+        outcomes: list[Outcome | None] = [None] * len(payloads)
+        events: list[Doc] = []
+        positions: list[int] = []
+        for position, payload in enumerate(payloads):
+            try:
+                events.append(codec.loads(payload))
+                positions.append(position)
+            except ValueError as exc:  # checksummed yet unreadable: never will be
+                outcomes[position] = Refused(f"unreadable record: {exc}")
+        try:
+            shipped = self.shipping.ship(events) if events else []
+        except StoreUnavailable as exc:
+            shipped = [exc] * len(events)
+        for position, error in zip(positions, shipped, strict=True):
+            if error is None:
+                outcomes[position] = SHIPPED
+            elif isinstance(error, StoreUnavailable):
+                outcomes[position] = Retry(str(error) or "store unavailable")
+            else:
+                outcomes[position] = Refused(str(error))
+        self._report()
+        return [outcome if outcome is not None else SHIPPED for outcome in outcomes]
+
+    def _report(self) -> None:
+        stats = self.shipper.stats()
+        shipped, refused, errors = self._reported
+        metrics.spool_shipped(
+            stats.shipped_total - shipped,
+            stats.refused_total - refused,
+            stats.ship_errors_total - errors,
+        )
+        self._reported = (stats.shipped_total, stats.refused_total, stats.ship_errors_total)
+        metrics.spool_backlog(stats.backlog_events, stats.backlog_bytes, stats.oldest_age_seconds)
+
+    def stats(self) -> dict[str, Any]:
+        """The backlog and shipping counters of this process (for /readyz)."""
+        return self.shipper.stats().as_dict()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until what was acknowledged before this call is shipped; False on timeout."""
+        return self.shipper.flush(timeout)
+
+    def close(self) -> None:
+        """Ship what can be shipped in a few seconds; the rest waits in the spool for the next
+        process that adopts it."""
+        self.shipper.stop(timeout=5.0)
+        self.spool.close()
+
+
 class _Holder:
     """One delivery per process (it holds locks and, with a spool, a thread and files)."""
 
@@ -118,6 +210,10 @@ class _Holder:
                 self._delivery, self._pid = self._make(), pid
         return self._delivery
 
+    def existing(self) -> Any:
+        """This process's delivery if it was made, else None (made by nothing here)."""
+        return self._delivery if self._pid == os.getpid() else None
+
     def close(self) -> None:
         with self._lock:
             if self._delivery is not None and self._pid == os.getpid():
@@ -125,14 +221,53 @@ class _Holder:
             self._delivery = None
 
 
-def get_delivery(app: Flask) -> DirectDelivery:
+def get_delivery(app: Flask) -> DirectDelivery | SpooledDelivery:
     return app.extensions[EXTENSION_KEY].get()  # type: ignore[no-any-return]
+
+
+def spooled(app: Flask) -> bool:
+    """Events are acknowledged at the spool: MongoDB, and ACK is not "store"."""
+    return bool(app.config["MONGO_URI"]) and str(app.config["ACK"]).lower() != "store"
+
+
+def spool_root(app: Flask) -> str:
+    path = str(app.config["SPOOL_DIR"])
+    return path if os.path.isabs(path) else os.path.join(app.instance_path, path)
 
 
 def init_app(app: Flask, make_shipping: Callable[[], Shipping]) -> None:
     """Register this app's delivery, made on first use in each process."""
+    ack = str(app.config["ACK"]).lower()
+    if ack not in ("spool", "store"):
+        raise ValueError(f'ACK must be "spool" or "store", not {ack!r}')
 
-    def make() -> DirectDelivery:
+    def make() -> DirectDelivery | SpooledDelivery:
+        if spooled(app):
+            return SpooledDelivery(
+                make_shipping(), spool_root(app), int(app.config["SPOOL_QUOTA_BYTES"])
+            )
         return DirectDelivery(make_shipping(), int(app.config["GROUP_COMMIT_MAX_EVENTS"]))
 
     app.extensions[EXTENSION_KEY] = _Holder(make)
+    log.info(
+        "events acknowledged %s",
+        f"once in the spool at {spool_root(app)}, then shipped to MongoDB"
+        if spooled(app)
+        else "once the store has them",
+    )
+
+
+def settle(app: Flask, timeout: float = 5.0) -> None:
+    """Before a read of events: wait (up to ``timeout``) until what this process acknowledged
+    is in the store, so that a client reads its own writes through the same worker."""
+    if spooled(app):
+        current = app.extensions[EXTENSION_KEY].existing()
+        if current is not None:  # this process acknowledged something
+            current.flush(timeout)
+
+
+def close(app: Flask) -> None:
+    """Stop shipping in this process (gunicorn's worker_exit, tests)."""
+    holder = app.extensions.get(EXTENSION_KEY)
+    if holder is not None:
+        holder.close()

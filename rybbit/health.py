@@ -13,6 +13,8 @@ import pymongo
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from . import delivery
+from .delivery import get_delivery
 from .plugin_loader import plugin_reports
 from .store import StoreUnavailable, get_store
 
@@ -36,6 +38,12 @@ def _store_check() -> str | None:
 def readyz() -> ResponseReturnValue:
     checks: dict[str, Any] = {"store": _store_check() or "ok"}
     problems = [checks["store"]] if checks["store"] != "ok" else []
+    if delivery.spooled(current_app):
+        # Events are accepted into the spool while MongoDB is away (until the quota), so a
+        # store outage alone does not take the service out of rotation. The backlog is this
+        # worker's (/metrics adds up all workers').
+        problems = []
+        checks["spool"] = get_delivery(current_app).stats()  # type: ignore[union-attr]
     for plugin in plugin_reports(current_app):
         # Disabled on purpose is fine; failed to load, or enabled but not working, is not.
         if not plugin["healthy"] and plugin["status"] != "disabled by configuration":

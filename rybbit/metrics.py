@@ -30,6 +30,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     multiprocess,
@@ -98,6 +99,31 @@ FILTER_REASONS = {
     "Event not tracked - bot detected": "bot",
     "Event not tracked - country excluded": "country_excluded",
 }
+SPOOL_BACKLOG_EVENTS = Gauge(
+    "rybbit_spool_backlog_events",
+    "Events acknowledged but not yet shipped to MongoDB (ACK=spool), in the spools of live "
+    "workers.",
+    multiprocess_mode="livesum",
+)
+SPOOL_BACKLOG_BYTES = Gauge(
+    "rybbit_spool_backlog_bytes",
+    "Bytes of those events in the spools (each worker's SPOOL_QUOTA_BYTES bounds its own).",
+    multiprocess_mode="livesum",
+)
+SPOOL_OLDEST_SECONDS = Gauge(
+    "rybbit_spool_oldest_unshipped_seconds",
+    "Age of the oldest unshipped event, in any live worker's spool.",
+    multiprocess_mode="livemax",
+)
+SPOOL_SHIPPED = Counter("rybbit_spool_shipped_total", "Events shipped from the spool to MongoDB.")
+SPOOL_REFUSED = Counter(
+    "rybbit_spool_refused_total",
+    "Events MongoDB refused at shipping time, written to the spool's dead-letter file.",
+)
+SPOOL_SHIP_ERRORS = Counter(
+    "rybbit_spool_ship_errors_total",
+    "Shipments that failed (MongoDB unreachable, ...) and were retried.",
+)
 # Why an event was rejected, from the status it was answered with; anything else is "error".
 REJECT_REASONS = {
     400: "invalid",
@@ -196,6 +222,22 @@ def store_write(method: Callable[..., None]) -> Callable[..., None]:
             STORE_WRITE_DURATION.observe(time.perf_counter() - started)
 
     return timed
+
+
+def spool_shipped(shipped: int, refused: int, errors: int) -> None:
+    """Shipping counters since the last report (from the shipper)."""
+    if shipped:
+        SPOOL_SHIPPED.inc(shipped)
+    if refused:
+        SPOOL_REFUSED.inc(refused)
+    if errors:
+        SPOOL_SHIP_ERRORS.inc(errors)
+
+
+def spool_backlog(events: int, nbytes: int, oldest_seconds: float) -> None:
+    SPOOL_BACKLOG_EVENTS.set(events)
+    SPOOL_BACKLOG_BYTES.set(nbytes)
+    SPOOL_OLDEST_SECONDS.set(oldest_seconds)
 
 
 def _start_clock() -> None:

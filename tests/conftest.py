@@ -24,7 +24,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from rybbit import create_app, keys, sites
+from rybbit import create_app, delivery, keys, sites
 from rybbit.enrichment import Enricher, EnrichmentContext
 from rybbit.plugin_loader import RUNNER_KEY
 from rybbit.storage import EventQuery, Storage, get_store
@@ -182,9 +182,20 @@ def app_config(mongo_uri: str | None) -> dict[str, Any]:
     return {"TESTING": True, "MONGO_URI": mongo_uri, "LOAD_PLUGINS": []}
 
 
+@pytest.fixture(autouse=True)
+def _ack_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@pytest.mark.ack_store``: the test is about what happens in the store while the
+    request waits (its write errors, its writes' grouping, state read back at once by another
+    app): with MongoDB, apps acknowledge once stored rather than once spooled."""
+    if request.node.get_closest_marker("ack_store"):
+        monkeypatch.setenv("RYBBIT_ACK", "store")
+
+
 @pytest.fixture
-def app(instance_path: Path, app_config: dict[str, Any]) -> Flask:
-    return create_app(app_config)
+def app(instance_path: Path, app_config: dict[str, Any]) -> Iterator[Flask]:
+    app = create_app(app_config)
+    yield app
+    delivery.close(app)  # stops the spool's shipper (MongoDB runs)
 
 
 @pytest.fixture
@@ -221,6 +232,7 @@ def stored_events(app: Flask) -> Any:
     """All stored events, oldest first."""
 
     def _events() -> list[dict[str, Any]]:
+        delivery.settle(app)  # with MongoDB, what was acknowledged is shipped first
         with app.app_context():
             return all_events(get_store())
 

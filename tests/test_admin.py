@@ -390,6 +390,7 @@ class TestKeys:
         expired = admin.key(site["site_id"], expires_at="2020-01-01T00:00:00Z")
         assert track(client, expired).status_code == 403
 
+    @pytest.mark.ack_store
     def test_last_used_at_is_recorded(self, admin: Admin, client: FlaskClient) -> None:
         site = admin.site()
         key = admin.key(site["site_id"])
@@ -576,6 +577,7 @@ def test_cursor_with_a_trailing_newline_is_400(admin: Admin) -> None:
     assert response.status_code == 400
 
 
+@pytest.mark.ack_store
 def test_usage_held_back_by_the_interval_is_written_by_flush(
     instance_path: Any, mongo_uri: str | None
 ) -> None:

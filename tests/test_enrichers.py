@@ -86,6 +86,7 @@ class TestGeo:
         client.post("/api/track", json=body, environ_base={"REMOTE_ADDR": "81.2.69.10"})
         assert last_event(stored_events)["country"] == "GB"
 
+    @pytest.mark.ack_store
     def test_forwarded_for_is_trusted_only_through_configured_proxies(
         self, instance_path: Path, app_config: dict[str, Any]
     ) -> None:
@@ -268,6 +269,7 @@ class TestSessions:
         assert events[0]["session_id"] == events[1]["session_id"] == events[2]["session_id"]
         assert events[3]["session_id"] != events[0]["session_id"]
 
+    @pytest.mark.ack_store
     def test_inactivity_ends_the_session(
         self,
         app: Flask,
@@ -621,6 +623,7 @@ class TestBots:
         assert event["is_bot"] is True and event["device_type"] == "Bot"
 
 
+@pytest.mark.ack_store
 def test_ended_sessions_are_deleted(app: Flask, post: Any) -> None:
     from plugins.sessions import SessionsEnricher
     from rybbit.plugin_loader import RUNNER_KEY

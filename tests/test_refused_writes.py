@@ -14,6 +14,7 @@ import pymongo
 import pytest
 from flask import Flask
 
+from rybbit.delivery import get_delivery
 from rybbit.store import EventsRefused, get_store
 from rybbit.write_errors import outcomes
 from tests.conftest import add_enricher
@@ -66,14 +67,14 @@ class GatedFirstWrite:
 
 
 @pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+@pytest.mark.ack_store
 def test_a_refused_event_fails_only_its_own_request(
     app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
 ) -> None:
     add_enricher(app, "unstorable", _refuse_bad_paths)
-    with app.app_context():
-        store = get_store()
-    gated = GatedFirstWrite(store.group_commit._run)
-    store.group_commit._run = gated
+    group = get_delivery(app).group  # type: ignore[union-attr]
+    gated = GatedFirstWrite(group._run)
+    group._run = gated
     paths = ["/lead", "/a", "/bad", "/b", "/c"]
     answers: dict[str, Any] = {}
 
@@ -87,7 +88,7 @@ def test_a_refused_event_fails_only_its_own_request(
     for thread in threads[1:]:
         thread.start()
     for _ in range(200):  # every follower queued behind the gated write
-        if len(store.group_commit._queue) == len(paths) - 1:
+        if len(group._queue) == len(paths) - 1:
             break
         threading.Event().wait(0.02)
     gated.gate.set()
@@ -109,6 +110,7 @@ def test_a_refused_event_fails_only_its_own_request(
 
 
 @pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+@pytest.mark.ack_store
 def test_a_refused_batch_item_fails_alone(
     app: Flask, client: Any, site: dict[str, Any], api_key: str, stored_events: Any
 ) -> None:
@@ -178,6 +180,7 @@ def _transient_for_flaky_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+@pytest.mark.ack_store
 def test_a_transient_error_on_one_batch_item_fails_that_item_only(
     client: Any,
     site: dict[str, Any],
@@ -214,6 +217,7 @@ def test_a_transient_error_on_one_batch_item_fails_that_item_only(
 
 
 @pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+@pytest.mark.ack_store
 def test_a_refused_single_event_counts_as_rejected_like_a_batch_item(
     app: Flask, client: Any, site: dict[str, Any], api_key: str
 ) -> None:

@@ -152,6 +152,7 @@ def test_a_write_starts_the_purge_in_the_background_at_most_once_per_interval(
 
 
 @pytest.mark.usefixtures("fallback")
+@pytest.mark.ack_store
 def test_retention_in_fractions_of_a_day_applies_to_accepted_client_times(
     instance_path: Path, app_config: dict[str, Any]
 ) -> None:

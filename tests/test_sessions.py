@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from rybbit import create_app
+from rybbit import create_app, delivery
 from rybbit.store import get_store
 from tests.conftest import set_sessions_last_seen
 
@@ -103,9 +103,11 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
             get_store(), datetime.now(UTC) - timedelta(minutes=31), f"{site['site_id']}:ended"
         )
     # Sent to another worker: this one remembers both visitors' recent events.
-    other = create_app(app_config).test_client()
+    other_app = create_app(app_config)
+    other = other_app.test_client()
     items = [_body(site, api_key, user, 1) for user in ("live", "ended", "new")]
     assert other.post("/api/track/batch", json=items).get_json()["accepted"] == 3
+    delivery.close(other_app)  # with MongoDB: its spool shipped
     after = {e["user_id"]: e["session_id"] for e in stored_events()[2:]}
     assert after["live"] == before["live"]
     assert after["ended"] != before["ended"]
@@ -150,6 +152,7 @@ def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask, size: i
         assert store.insert_sessions(fresh) == {doc["_id"] for doc in fresh}
 
 
+@pytest.mark.ack_store
 def test_a_session_ends_after_real_inactivity_in_the_same_worker(
     app_config: dict[str, Any],
     instance_path: Path,
@@ -179,6 +182,7 @@ def _stored_last_seen(app: Flask, site: dict[str, Any], user: str) -> datetime:
     return doc["last_seen"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.ack_store
 def test_last_seen_writes_are_coalesced_within_the_write_interval(
     app_config: dict[str, Any],
     instance_path: Path,

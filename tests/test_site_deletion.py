@@ -39,6 +39,7 @@ def _late_event(other: Flask, site: dict[str, Any], api_key: str, path: str) -> 
     assert other.test_client().post("/api/track", json=body).status_code == 200
 
 
+@pytest.mark.ack_store
 def test_events_accepted_after_the_delete_are_purged_on_their_own(
     app: Flask,
     other_worker: Flask,
@@ -59,6 +60,7 @@ def test_events_accepted_after_the_delete_are_purged_on_their_own(
     assert _event_count(app, site["site_id"]) == 0
 
 
+@pytest.mark.ack_store
 def test_admin_api_shows_and_purges_leftovers(
     app: Flask,
     other_worker: Flask,

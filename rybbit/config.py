@@ -54,9 +54,10 @@ DEFAULTS: dict[str, Any] = {
     # Per-client-IP limit for keyless (browser) requests to track and identify, or "off". A
     # page sends a few events per view; one browser must not flood a site.
     "KEYLESS_RATE_LIMIT": "20 per second",
-    # Flask-Limiter: where the counts live. memory:// is per process; share them between
-    # workers and machines with redis://host:6379 (or mongodb://...).
-    "RATELIMIT_STORAGE_URI": "memory://",
+    # Flask-Limiter: where the counts live. sqlite:// (a file in the instance folder, or
+    # sqlite:///path/file) is shared by the workers of one machine; redis://host:6379 shares
+    # them between machines too; memory:// is per process (a key gets workers x its limit).
+    "RATELIMIT_STORAGE_URI": "sqlite://",
     "RATELIMIT_STRATEGY": "moving-window",
     "RATELIMIT_HEADERS_ENABLED": True,
     # When the limiter's storage is unreachable, each process counts on its own in memory

@@ -350,3 +350,20 @@ def test_embedded_default_is_a_sqlite_file_in_the_instance_folder(
     )
     assert send(client, api_key, site["site_id"]).status_code == 200
     assert (Path(app.instance_path) / "ratelimit.sqlite").stat().st_size > 0
+
+
+def test_a_redis_that_dropped_connections_or_scripts_is_not_an_outage(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    with redis_process(port):
+        app, site_id, (key,) = app_with_keys(limited_by_redis(port, "10 per minute"))
+        client = app.test_client()
+        counted = redis.Redis(port=port, socket_timeout=2)
+        remaining = [send(client, key, site_id).headers["X-RateLimit-Remaining"]]
+        counted.client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout
+        remaining.append(send(client, key, site_id).headers["X-RateLimit-Remaining"])
+        counted.script_flush()
+        remaining.append(send(client, key, site_id).headers["X-RateLimit-Remaining"])
+        assert remaining == ["9", "8", "7"], "every hit counted in Redis, none in memory"
+    assert "unreachable" not in caplog.text

@@ -66,8 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
     # How long a Redis call of the limiter may take before the storage counts as down
-    # (redis-py would otherwise wait forever on a frozen server). A timeout given in
-    # RATELIMIT_STORAGE_URI's query string or RATELIMIT_STORAGE_OPTIONS wins.
+    # (redis-py would otherwise wait forever on a frozen server); with sqlite://, how long a
+    # call waits for another process's lock. A timeout given in RATELIMIT_STORAGE_URI's query
+    # string or RATELIMIT_STORAGE_OPTIONS wins.
     "RATE_LIMIT_STORAGE_TIMEOUT_MS": 500,
     # Plugins: names of plugins not to use; which installed third-party plugins (entry points)
     # to load (None: all of them); per-plugin settings keyed by plugin name.

@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import RateLimitExceeded
 from limits import RateLimitItem, parse
-from limits.strategies import WindowStats
 
 from . import limit_sqlite, metrics
 from .errors import error_response
@@ -72,11 +71,6 @@ class _Limits:
 
 def _limits() -> _Limits:
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
-
-
-def key_limit_off() -> bool:
-    """RATE_LIMIT is "off" (the limiter may still run for KEYLESS_RATE_LIMIT)."""
-    return _limits().per_key is None
 
 
 def keyless_request() -> bool:
@@ -243,14 +237,19 @@ def _storage_failed(exc: Exception) -> None:
     _failures["next_log"], _failures["unlogged"] = now + _FAILURE_LOG_SECONDS, 0
 
 
-def _bounded_redis_calls(app: Flask, scheme: str) -> None:
-    """Give Redis storages socket timeouts (redis-py's default is to wait forever)."""
-    if not scheme.startswith("redis"):  # redis, rediss, redis+sentinel, redis+cluster
-        return
+def _bounded_storage_calls(app: Flask, scheme: str) -> None:
+    """Bound each limiter call by RATE_LIMIT_STORAGE_TIMEOUT_MS: Redis socket timeouts
+    (redis-py's default is to wait forever), SQLite's busy timeout (a file another process
+    keeps locked). Past it the storage counts as down and the process counts in memory."""
     seconds = int(app.config["RATE_LIMIT_STORAGE_TIMEOUT_MS"]) / 1000
     options = dict(app.config.get("RATELIMIT_STORAGE_OPTIONS") or {})
-    options.setdefault("socket_timeout", seconds)
-    options.setdefault("socket_connect_timeout", seconds)
+    if scheme.startswith("redis"):  # redis, rediss, redis+sentinel, redis+cluster
+        options.setdefault("socket_timeout", seconds)
+        options.setdefault("socket_connect_timeout", seconds)
+    elif scheme == limit_sqlite.SCHEME:
+        options.setdefault("timeout", seconds)
+    else:
+        return
     app.config["RATELIMIT_STORAGE_OPTIONS"] = options
 
 
@@ -287,8 +286,7 @@ def _headers(response: Response) -> Response:
     noted = g.pop(_NOTED, None)
     if noted is None:
         return response
-    item, window = noted
-    window: WindowStats
+    item, window = noted  # RateLimitItem, WindowStats
     now = time.time()
     reset_at = int(window.reset_time + 1)  # as Flask-Limiter rounds it
     amount, remaining = str(item.amount), str(window.remaining)
@@ -322,7 +320,7 @@ def init_app(app: Flask) -> None:
             keyless,
             scheme,
         )
-        _bounded_redis_calls(app, scheme)
+        _bounded_storage_calls(app, scheme)
     limiter.init_app(app)
     _Internals.reset()
     counter = fallback = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -367,3 +368,25 @@ def test_a_redis_that_dropped_connections_or_scripts_is_not_an_outage(
         remaining.append(send(client, key, site_id).headers["X-RateLimit-Remaining"])
         assert remaining == ["9", "8", "7"], "every hit counted in Redis, none in memory"
     assert "unreachable" not in caplog.text
+
+
+def test_a_locked_sqlite_file_costs_one_bounded_wait_then_memory(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, site_id, (key,) = app_with_keys(
+        {"RATE_LIMIT": "2 per minute", "RATE_LIMIT_STORAGE_TIMEOUT_MS": 100}
+    )
+    client = app.test_client()
+    assert send(client, key, site_id).status_code == 200  # counted in the file
+    blocker = sqlite3.connect(instance_path / "ratelimit.sqlite", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the file's write lock
+    try:
+        started = time.monotonic()
+        statuses = [send(client, key, site_id).status_code for _ in range(4)]
+        took = time.monotonic() - started
+    finally:
+        blocker.execute("ROLLBACK")
+    # In memory from the first wait on: the process counts alone, from zero.
+    assert statuses == [200, 200, 429, 429]
+    assert took < 0.9, f"one 100 ms wait, not one per request (took {took:.2f} s)"
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1

@@ -4,11 +4,11 @@ Flask-Limiter is the extension: it reads the ``RATELIMIT_*`` settings, builds th
 ``RATELIMIT_STORAGE_URI`` (through ``limits``), keeps the in-memory fallback and its backoff,
 and still enforces any ``RATELIMIT_DEFAULT``/``RATELIMIT_APPLICATION`` limits an operator
 configures. The tracking routes do not go through its per-request machinery, which costs
-~230 us of CPU a request before any storage call and makes a second storage call for the
-headers (bench/ratelimit.py measures both). Instead ``limited`` takes one hit through
-``rybbit.limit_window``: one storage call that answers both "allowed?" and the window the
-headers describe. Its app-wide before/after-request hooks, which have nothing to check when no
-default or application limits are configured, are then removed.
+a few hundred microseconds of CPU a request besides its storage calls, and makes a second
+storage call for the headers (bench/ratelimit.py prints both ways). Instead ``limited`` takes
+one hit through ``rybbit.limit_window``: one storage call that answers both "allowed?" and the
+window the headers describe. Flask-Limiter's app-wide before/after-request hooks, which have
+nothing to check when no default or application limits are configured, are then removed.
 
 The moving-window strategy counts every hit in the last window, atomically in the shared
 storage, so "20 per second" admits exactly 20 requests in any one-second span, whatever the
@@ -20,7 +20,7 @@ If the limiter's storage cannot be reached, no request is refused for it: for an
 ingestion, losing events is worse than briefly exceeding a limit. Each process then counts in
 memory (a key may get up to workers x its limit) and probes the storage with Flask-Limiter's
 backoff until it answers again, so an outage costs one timeout and one warning, not one per
-request. Redis calls are bounded by RATE_LIMIT_STORAGE_TIMEOUT_MS.
+request. Storage calls are bounded by RATE_LIMIT_STORAGE_TIMEOUT_MS.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def post_worker_init(worker):
     ):
         worker.log.warning(
             "rate limit state is per process (memory://) with %d workers: each API key may get "
-            "up to %d times its limit. Set RATELIMIT_STORAGE_URI=redis://... to share it.",
+            "up to %d times its limit. Leave RATELIMIT_STORAGE_URI unset (sqlite://, shared by "
+            "this machine's workers) or set redis://... to share it.",
             worker.cfg.workers,
             worker.cfg.workers,
         )

@@ -25,21 +25,17 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
-from . import aliases, credentials, keys, origins, request_log, site_rules, sites
+from . import aliases, credentials, keys, origins, ratelimit, request_log, site_rules, sites
 from .enrichment import EnrichmentContext
 from .errors import ApiError
-from .extensions import limiter
 from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
-from .ratelimit import keyless_request
 from .schemas import IpAddress, SiteId, ZString, js_trim, js_type
 from .store import Store, get_store
 
 bp = Blueprint("browser", __name__)
 
-KEYLESS_SCOPE = "keyless"
-OFF = "off"
 # Body fields only a key's holder may set: a browser could otherwise pick its own IP (and so
 # its location, and its place in excluded_ips) or hide from bot detection.
 UNTRUSTED_OVERRIDES = ("ip_address", "user_agent")
@@ -73,31 +69,6 @@ def authenticate_keyless(store: Store, payload: dict[str, Any]) -> dict[str, Any
     for name in UNTRUSTED_OVERRIDES:
         payload.pop(name, None)
     return site
-
-
-def keyless_limit() -> str:
-    text = str(current_app.config["KEYLESS_RATE_LIMIT"]).strip()
-    return "1000000 per second" if text.lower() == OFF else text  # exempt anyway, see below
-
-
-def keyless_limit_off() -> bool:
-    return str(current_app.config["KEYLESS_RATE_LIMIT"]).strip().lower() == OFF
-
-
-def client_address() -> str:
-    """The per-IP limit's key: the connection's peer (after TRUSTED_PROXIES)."""
-    return str(request.remote_addr or "")
-
-
-def keyless_rate_limit() -> Any:
-    """The decorator applying KEYLESS_RATE_LIMIT per client IP to keyless requests, one
-    budget shared by track and identify."""
-    return limiter.shared_limit(
-        keyless_limit,
-        scope=KEYLESS_SCOPE,
-        key_func=client_address,
-        exempt_when=lambda: not keyless_request() or keyless_limit_off(),
-    )
 
 
 # -- tracking config --------------------------------------------------------------------------
@@ -215,7 +186,7 @@ def _authenticate_identify() -> None:
 
 @bp.post("/api/identify")
 @bp.post("/identify")
-@keyless_rate_limit()
+@ratelimit.limited(per_key=False)  # keyless: the client IP's budget; a key's: none
 def identify() -> ResponseReturnValue:
     store = get_store()
     payload, site = g.payload, g.site

@@ -63,9 +63,10 @@ DEFAULTS: dict[str, Any] = {
     # Per-client-IP limit for keyless (browser) requests to track and identify, or "off". A
     # page sends a few events per view; one browser must not flood a site.
     "KEYLESS_RATE_LIMIT": "20 per second",
-    # Flask-Limiter: where the counts live. memory:// is per process; share them between
-    # workers and machines with redis://host:6379 (or mongodb://...).
-    "RATELIMIT_STORAGE_URI": "memory://",
+    # Flask-Limiter: where the counts live. sqlite:// (a file in the instance folder, or
+    # sqlite:///path/file) is shared by the workers of one machine; redis://host:6379 shares
+    # them between machines too; memory:// is per process (a key gets workers x its limit).
+    "RATELIMIT_STORAGE_URI": "sqlite://",
     "RATELIMIT_STRATEGY": "moving-window",
     "RATELIMIT_HEADERS_ENABLED": True,
     # When the limiter's storage is unreachable, each process counts on its own in memory
@@ -74,8 +75,9 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
     # How long a Redis call of the limiter may take before the storage counts as down
-    # (redis-py would otherwise wait forever on a frozen server). A timeout given in
-    # RATELIMIT_STORAGE_URI's query string or RATELIMIT_STORAGE_OPTIONS wins.
+    # (redis-py would otherwise wait forever on a frozen server); with sqlite://, how long a
+    # call waits for another process's lock. A timeout given in RATELIMIT_STORAGE_URI's query
+    # string or RATELIMIT_STORAGE_OPTIONS wins.
     "RATE_LIMIT_STORAGE_TIMEOUT_MS": 500,
     # Plugins: names of plugins not to use; which installed third-party plugins (entry points)
     # to load (None: all of them); per-plugin settings keyed by plugin name.

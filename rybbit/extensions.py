@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from flask import g
+from flask import g, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 
 
-def _api_key_id() -> str:
-    # The track blueprint authenticates before the limit is checked, so this is always set
-    # on the routes the limit decorates: unauthenticated requests never spend any budget.
-    return str(g.api_key["_id"])
+def _api_key_or_address() -> str:
+    # Only Flask-Limiter's own middleware calls this, for limits an operator sets app-wide
+    # (RATELIMIT_DEFAULT, RATELIMIT_APPLICATION): per key where a route authenticated one,
+    # else per client address. The tracking routes' limits are rybbit.ratelimit's.
+    key = g.get("api_key")
+    return str(key["_id"]) if key else str(request.remote_addr or "")
 
 
-limiter = Limiter(key_func=_api_key_id)
+limiter = Limiter(key_func=_api_key_or_address)
 cors = CORS()

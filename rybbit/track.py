@@ -7,16 +7,25 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import browser, credentials, delivery, keys, metrics, request_log, site_rules, sites
+from . import (
+    browser,
+    credentials,
+    delivery,
+    keys,
+    metrics,
+    ratelimit,
+    request_log,
+    site_rules,
+    sites,
+)
 from .delivery import Shipping, get_delivery
 from .enrichment import EnrichmentContext
 from .errors import ApiError
 from .events import build_event, now_ms
-from .extensions import cors, limiter
+from .extensions import cors
 from .lookup_cache import lookup_cache
 from .payloads import load, read_json_object
 from .plugin_loader import RUNNER_KEY
-from .ratelimit import LIMIT_SCOPE, current_limit, key_limit_off, keyless_request
 from .schemas import BrowserTrackEventSchema
 from .store import Store, get_store
 
@@ -110,10 +119,7 @@ def _validate_and_authenticate() -> None:
 
 @bp.post("/api/track")
 @bp.post("/track")
-@limiter.shared_limit(
-    current_limit, scope=LIMIT_SCOPE, exempt_when=lambda: keyless_request() or key_limit_off()
-)
-@browser.keyless_rate_limit()
+@ratelimit.limited(per_key=True)  # the key's budget; keyless: the client IP's
 def track() -> ResponseReturnValue:
     store = get_store()
     event, message = prepare_event(store, g.payload, g.site, g.api_key)

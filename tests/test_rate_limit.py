@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from limits import parse
+from limits.strategies import MovingWindowRateLimiter
 
 from rybbit import create_app, keys, sites
+from rybbit.extensions import limiter
+from rybbit.ratelimit import LIMIT_SCOPE
 from rybbit.store import get_store
 from tests.conftest import free_port, redis_process
 
@@ -258,3 +264,129 @@ def test_batches_alone_switch_to_memory_and_back(instance_path: Any) -> None:
 
         counted.flushall()
         until_counted_in_redis(counted, batch)
+
+
+# What the scripts run inside Redis (commandstats counts those too); not round trips.
+IN_SCRIPTS = {"lindex", "lpush", "ltrim", "expire", "llen"}
+
+
+def redis_calls(counted: redis.Redis) -> dict[str, int]:
+    """Commands clients sent Redis since the last CONFIG RESETSTAT, by name (INFO, CONFIG
+    and what ran inside scripts aside)."""
+    stats = counted.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+    return {
+        name: count
+        for name, count in calls.items()
+        if name not in IN_SCRIPTS and not name.startswith(("info", "config"))
+    }
+
+
+def test_one_redis_round_trip_a_request_headers_included(instance_path: Any) -> None:
+    port = free_port()
+    with redis_process(port):
+        app, site_id, (key, other) = app_with_keys(limited_by_redis(port, "5 per minute"), 2)
+        client = app.test_client()
+        counted = redis.Redis(port=port, socket_timeout=2)
+        send(client, other, site_id)  # the script is loaded once, not counted below
+        counted.config_resetstat()
+        responses = [send(client, key, site_id) for _ in range(7)]
+        assert [r.status_code for r in responses] == [200] * 5 + [429] * 2
+        assert [r.headers["X-RateLimit-Remaining"] for r in responses] == list("4321000")
+        assert responses[-1].headers["RateLimit-Limit"] == "5"
+        assert redis_calls(counted) == {"evalsha": 7}, "one call a request, 200 or 429"
+
+        counted.config_resetstat()
+        items = [{"api_key": k, "site_id": site_id} for k in (key, other, key)]
+        outcomes = client.post("/api/track/batch", json=items).get_json()["results"]
+        assert [r["success"] for r in outcomes] == [False, True, False]
+        assert redis_calls(counted) == {"evalsha": 2}, "a batch: one call for each key"
+
+
+def test_limits_counted_by_hand_and_by_limits_share_one_key(
+    instance_path: Any, redis_server: str
+) -> None:
+    """The one-call script keeps limits' own layout: Flask-Limiter's tools (its CLI, a
+    worker of an earlier version) see the same counts."""
+    app, site_id, (key,) = app_with_keys(
+        {"RATE_LIMIT": "4 per minute", "RATELIMIT_STORAGE_URI": redis_server}
+    )
+    client = app.test_client()
+    send(client, key, site_id)
+    keys_in_redis = redis.Redis.from_url(redis_server).keys("LIMITS:*/track/4/1/minute")
+    assert len(keys_in_redis) == 1, "limits' key name: LIMITS:LIMITER/<key id>/track/4/1/minute"
+    key_id = keys_in_redis[0].decode().split("/")[1]
+    strategy, item = MovingWindowRateLimiter(limiter.storage), parse("4 per minute")
+    assert strategy.get_window_stats(item, key_id, LIMIT_SCOPE).remaining == 3
+    assert strategy.hit(item, key_id, LIMIT_SCOPE)  # a hit counted by limits itself...
+    response = send(client, key, site_id)
+    assert response.headers["X-RateLimit-Remaining"] == "1"  # ...is seen by the script
+
+
+def test_app_wide_middleware_is_gone_unless_app_wide_limits_are_set(instance_path: Any) -> None:
+    plain = create_app({"MONGO_URI": None})
+    assert limiter._check_request_limit not in plain.before_request_funcs.get(None, [])
+
+    token = "x" * 32
+    app = create_app(
+        {"MONGO_URI": None, "ADMIN_TOKEN": token, "RATELIMIT_APPLICATION": "2 per minute"}
+    )
+    try:
+        client = app.test_client()
+        statuses = [
+            client.get("/api/admin/sites", headers={"Authorization": f"Bearer {token}"})
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in statuses] == [200, 200, 429]
+        assert statuses[-1].get_json()["success"] is False
+    finally:
+        limiter.limit_manager.set_application_limits([])  # the limiter is process-wide
+
+
+def test_embedded_default_is_a_sqlite_file_in_the_instance_folder(
+    client: FlaskClient, app: Flask, site: dict[str, Any], api_key: str
+) -> None:
+    assert app.config["RATELIMIT_STORAGE_URI"] == "sqlite://" + str(
+        Path(app.instance_path) / "ratelimit.sqlite"
+    )
+    assert send(client, api_key, site["site_id"]).status_code == 200
+    assert (Path(app.instance_path) / "ratelimit.sqlite").stat().st_size > 0
+
+
+def test_a_redis_that_dropped_connections_or_scripts_is_not_an_outage(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    with redis_process(port):
+        app, site_id, (key,) = app_with_keys(limited_by_redis(port, "10 per minute"))
+        client = app.test_client()
+        counted = redis.Redis(port=port, socket_timeout=2)
+        remaining = [send(client, key, site_id).headers["X-RateLimit-Remaining"]]
+        counted.client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout
+        remaining.append(send(client, key, site_id).headers["X-RateLimit-Remaining"])
+        counted.script_flush()
+        remaining.append(send(client, key, site_id).headers["X-RateLimit-Remaining"])
+        assert remaining == ["9", "8", "7"], "every hit counted in Redis, none in memory"
+    assert "unreachable" not in caplog.text
+
+
+def test_a_locked_sqlite_file_costs_one_bounded_wait_then_memory(
+    instance_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, site_id, (key,) = app_with_keys(
+        {"RATE_LIMIT": "2 per minute", "RATE_LIMIT_STORAGE_TIMEOUT_MS": 100}
+    )
+    client = app.test_client()
+    assert send(client, key, site_id).status_code == 200  # counted in the file
+    blocker = sqlite3.connect(instance_path / "ratelimit.sqlite", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the file's write lock
+    try:
+        started = time.monotonic()
+        statuses = [send(client, key, site_id).status_code for _ in range(4)]
+        took = time.monotonic() - started
+    finally:
+        blocker.execute("ROLLBACK")
+    # In memory from the first wait on: the process counts alone, from zero.
+    assert statuses == [200, 200, 429, 429]
+    assert took < 0.9, f"one 100 ms wait, not one per request (took {took:.2f} s)"
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1

@@ -1,4 +1,5 @@
-"""The limit holds exactly across four gunicorn workers sharing Redis."""
+"""The limit holds exactly across gunicorn workers: four sharing Redis, and two sharing the
+embedded default (sqlite:// in the instance folder) with no limiter server at all."""
 
 from __future__ import annotations
 
@@ -71,3 +72,26 @@ def test_one_key_gets_exactly_the_limit_across_workers(service: Service) -> None
     assert [r.status_code for r in service.track_many(key, count=5)] == [200] * 5, (
         "the next window admits again"
     )
+
+
+@pytest.fixture
+def embedded_service(tmp_path: Path) -> Any:
+    # A long window: the count is exact whatever the machine's load makes the burst last.
+    with run_service(tmp_path, None, workers=2, RYBBIT_RATE_LIMIT="20 per 30 seconds") as running:
+        yield running
+
+
+def test_two_workers_on_the_embedded_default_share_one_exact_limit(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    site = embedded_service.admin("POST", "/sites", {"name": "Two", "domain": "two.example"})
+    key = embedded_service.admin("POST", f"/sites/{site['site_id']}/api-keys", {})
+
+    statuses, elapsed = burst(embedded_service, key)
+    assert elapsed < 30
+    assert statuses.count(200) == 20 and statuses.count(429) == BURST - 20, (
+        "N + k requests, exactly k refused (per-process counts would admit up to 40)"
+    )
+    answering = embedded_service.worker_pids(200) | embedded_service.worker_pids(429)
+    assert len(answering) == 2, "both workers answered"
+    assert (tmp_path / "instance" / "ratelimit.sqlite").exists()

@@ -1,0 +1,192 @@
+"""A hit and the window it leaves, in one storage call.
+
+Flask-Limiter takes a hit, then asks the storage again for the window its headers describe:
+two round trips to Redis per request. Here one call does both, and the headers come from its
+answer, which also makes them exact (the window as this hit left it, not as it was a moment
+later after other workers' hits).
+
+- Redis (plain, ``rediss``, sentinel and cluster URIs alike): one Lua script, registered on
+  the ``limits`` storage's own client, so its connection options, timeouts and failover are
+  the ones configured. It keeps the data layout of ``limits``' own moving window (one list per
+  key, newest first, same key names), so both can count the same keys.
+- The SQLite storage (rybbit.limit_sqlite): one transaction.
+- ``memory://`` (and the in-memory fallback): two calls, both in the process.
+- Any other storage or strategy: the strategy's hit, then its window (two calls).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Protocol
+
+from limits import RateLimitItem
+from limits.storage import RedisStorage, Storage
+from limits.strategies import STRATEGIES, MovingWindowRateLimiter, RateLimiter, WindowStats
+from redis.connection import Connection
+from redis.exceptions import ConnectionError, NoScriptError
+
+from .limit_sqlite import SQLiteStorage
+
+MOVING_WINDOW = "moving-window"
+
+# Same arguments and list as limits' acquire_moving_window.lua (so the two mix), then the
+# window after the hit, as its moving_window.lua finds it: entries are newest first, so the
+# last one still in the window is found by binary search over at most `limit` entries.
+_HIT_AND_WINDOW_LUA = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local amount = tonumber(ARGV[4])
+local since = now - expiry
+local acquired = 0
+if amount <= limit then
+    local entry = redis.call('lindex', key, limit - amount)
+    if not (entry and tonumber(entry) >= since) then
+        local entries = {}
+        for i = 1, amount do
+            entries[i] = now
+        end
+        for i = 1, #entries, 5000 do
+            redis.call('lpush', key, unpack(entries, i, math.min(i + 4999, #entries)))
+        end
+        redis.call('ltrim', key, 0, limit - 1)
+        redis.call('expire', key, expiry)
+        acquired = 1
+    end
+end
+local low, high, last = 0, redis.call('llen', key) - 1, -1
+while low <= high do
+    local mid = math.floor((low + high) / 2)
+    if tonumber(redis.call('lindex', key, mid)) >= since then
+        last = mid
+        low = mid + 1
+    else
+        high = mid - 1
+    end
+end
+if last < 0 then
+    return {acquired, false, 0}
+end
+return {acquired, redis.call('lindex', key, last), last + 1}
+"""
+
+
+class WindowCounter(Protocol):
+    def hit(
+        self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int = 1
+    ) -> tuple[bool, WindowStats]:
+        """Spend ``cost`` from the limit ``item`` of ``identifiers``: whether it was allowed,
+        and the window after it (reset time, remaining)."""
+        ...
+
+
+def _stats(item: RateLimitItem, start: float, count: int) -> WindowStats:
+    return WindowStats(start + item.get_expiry(), max(0, item.amount - count))
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class _RedisMovingWindow:
+    """The script, called on connections of the storage's own client.
+
+    redis-py's command path (its pool's checkout and release, retries, event hooks) costs
+    ~100 us of CPU a call here, three times the round trip itself (bench/ratelimit.py). So
+    the call is packed once, and sent and read through redis-py's public connection API on
+    connections this counter keeps aside, made by the client's own pool (``make_connection``:
+    same host, TLS, credentials, database, timeouts; a sentinel pool's connections find the
+    current master). A connection that fails in any way is dropped, never reused. Cluster
+    clients, which have no single pool, call the script the ordinary way."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        client = storage.get_connection()
+        self.prefixed_key = storage.prefixed_key
+        self.script = client.register_script(_HIT_AND_WINDOW_LUA)
+        self.pool = getattr(client, "connection_pool", None)  # None: a cluster client
+        self.head = b"*8\r\n" + _bulk(b"EVALSHA") + _bulk(self.script.sha.encode()) + _bulk(b"1")
+        self.idle: list[Connection] = []
+        self.pid = os.getpid()
+
+    def hit(
+        self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int = 1
+    ) -> tuple[bool, WindowStats]:
+        now = time.time()
+        key = self.prefixed_key(item.key_for(*identifiers))
+        args = (now, item.amount, item.get_expiry(), cost)
+        if self.pool is None:
+            reply = self.script([key], list(args))
+        else:
+            reply = self._call(key, args)
+        acquired, start, count = reply
+        return bool(acquired), _stats(item, float(start) if start else now, int(count))
+
+    def _call(self, key: str, args: tuple[float, int, int, int]) -> Any:
+        packed = b"".join(
+            (self.head, _bulk(key.encode()), *(_bulk(repr(arg).encode()) for arg in args))
+        )
+        if self.pid != os.getpid():  # forked: the parent's connections are not ours
+            self.idle, self.pid = [], os.getpid()
+        reused = bool(self.idle)
+        try:
+            return self._round_trip(self.idle.pop() if reused else None, packed)
+        except ConnectionError:
+            if not reused:
+                raise
+            # An idle connection the server closed (restart, idle timeout): one new one.
+            return self._round_trip(None, packed)
+
+    def _round_trip(self, connection: Connection | None, packed: bytes) -> Any:
+        connection = connection or self.pool.make_connection()  # type: ignore[union-attr]
+        try:
+            try:
+                connection.send_packed_command([packed], check_health=False)
+                reply = connection.read_response()
+            except NoScriptError:  # a restarted or flushed server: load it, once
+                self.script.registered_client.script_load(_HIT_AND_WINDOW_LUA)
+                connection.send_packed_command([packed], check_health=False)
+                reply = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        self.idle.append(connection)
+        return reply
+
+
+class _SQLiteMovingWindow:
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self.storage = storage
+
+    def hit(
+        self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int = 1
+    ) -> tuple[bool, WindowStats]:
+        acquired, start, count = self.storage.acquire_with_window(
+            item.key_for(*identifiers), item.amount, item.get_expiry(), cost
+        )
+        return acquired, _stats(item, start, count)
+
+
+class _TwoCalls:
+    """The strategy's own hit, then its window: for storages without a combined call."""
+
+    def __init__(self, strategy: RateLimiter) -> None:
+        self.strategy = strategy
+
+    def hit(
+        self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int = 1
+    ) -> tuple[bool, WindowStats]:
+        acquired = self.strategy.hit(item, *identifiers, cost=cost)
+        return acquired, self.strategy.get_window_stats(item, *identifiers)
+
+
+def counter_for(storage: Storage, strategy: str) -> WindowCounter:
+    """The cheapest exact counter for ``storage`` under ``strategy`` (a Flask-Limiter name)."""
+    if strategy == MOVING_WINDOW:
+        if isinstance(storage, RedisStorage):  # sentinel and cluster storages subclass it
+            return _RedisMovingWindow(storage)
+        if isinstance(storage, SQLiteStorage):
+            return _SQLiteMovingWindow(storage)
+        return _TwoCalls(MovingWindowRateLimiter(storage))
+    return _TwoCalls(STRATEGIES[strategy](storage))

@@ -199,8 +199,62 @@ def test_a_raising_enricher_is_skipped_counted_and_the_event_stored(
 
 
 class Named(Enricher):
-    def __init__(self, name: str, after: tuple[str, ...] = ()) -> None:
-        self.name, self.after = name, after
+    def __init__(self, name: str, after: tuple[str, ...] = (), stage: str = "request") -> None:
+        self.name, self.after, self.stage = name, after, stage
+
+
+def test_request_stage_runs_first_and_cannot_wait_for_the_shipping_stage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    given = [
+        Named("late", stage="shipping"),
+        Named("early", after=("late",)),  # impossible: ignored, logged
+        Named("later", after=("late",), stage="shipping"),
+        Named("odd", stage="sometime"),  # unknown stage: runs at request time
+    ]
+    assert [e.name for e in order_enrichers(given)] == ["early", "odd", "late", "later"]
+    assert "enricher early runs at request time, after ['late']" in caplog.text
+    assert "has stage 'sometime'" in caplog.text
+
+
+class Shipped(Enricher):
+    """A third party's shipping-stage enricher: it records the batches it was given."""
+
+    name = "shipped_marker"
+    stage = "shipping"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], list[Any]]] = []
+
+    def enrich(self, event: dict[str, Any], context: Any) -> None:
+        self.enrich_many([event], [context])
+
+    def enrich_many(self, events: Any, contexts: Any) -> None:
+        self.batches.append(([e["pathname"] for e in events], list(contexts)))
+        for event in events:
+            event["marked"] = event.get("country_seen", "none")
+
+
+def test_a_shipping_stage_enricher_runs_on_the_batch_after_the_request_stage(
+    instance_path: Path,
+) -> None:
+    app = make_app()
+    marker = Shipped()
+    app.extensions[RUNNER_KEY].add(marker)
+    # A request-stage enricher leaves what the shipping stage needs of the request.
+    add_enricher(app, "request_side", lambda e, c: e.__setitem__("country_seen", "XX"))
+    with app.app_context():
+        site = sites.create_site(get_store(), name="s", domain="s.example")
+        key = keys.create_key(get_store(), site["site_id"])["api_key"]
+    items = [{"api_key": key, "site_id": site["site_id"], "pathname": f"/{n}"} for n in range(5)]
+    assert app.test_client().post("/api/track/batch", json=items).get_json()["accepted"] == 5
+    assert [paths for paths, _ in marker.batches] == [["/0", "/1", "/2", "/3", "/4"]]
+    context = marker.batches[0][1][0]
+    assert context.site["_id"] == site["site_id"] and context.store is not None
+    assert dict(context.headers) == {} and context.client_ip is None  # the request is gone
+    with app.app_context():
+        stored = all_events(get_store())
+    assert {e["marked"] for e in stored} == {"XX"}
 
 
 def test_order_follows_dependencies_then_names() -> None:

@@ -1,7 +1,7 @@
 """geo: country, region, city, coordinates and time zone from a MaxMind City database.
 
 The database is ``GEOIP_DATABASE`` (default ``GeoLite2-City.mmdb`` in the instance folder), read
-with geoip2 and memory-mapped, so all gunicorn workers share its pages. Without a database the
+with maxminddb and memory-mapped, so all gunicorn workers share its pages. Without a database the
 enricher reports itself disabled and events are stored without geo fields.
 
 Every ``GEOIP_RELOAD_SECONDS`` (checked on the next event or status report, so the hot path
@@ -19,8 +19,6 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import geoip2.database
-import geoip2.errors
 import maxminddb
 
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
@@ -58,7 +56,7 @@ class GeoEnricher(Enricher):
 
     def __init__(self, path: str, reload_seconds: float = 0) -> None:
         self.path = path
-        self.reader: geoip2.database.Reader | None = None
+        self.reader: maxminddb.Reader | None = None
         self.problem: str | None = None
         # (device, inode, size, mtime) of the file last opened or tried; None: no file.
         self._identity: tuple[int, int, int, int] | None = None
@@ -141,37 +139,50 @@ class GeoEnricher(Enricher):
         if time.monotonic() >= self._next_check:
             self._reload_if_replaced()
         reader = self.reader  # this lookup's reader, even if another thread swaps in a new one
-        ip = lookup_address(context.client_ip) if context.client_ip else None
-        if reader is None or ip is None:
+        if reader is None or not context.client_ip:
             return
-        try:
-            found = reader.get(ip)
-        except ValueError:  # not an address
-            return
-        if not isinstance(found, dict):
-            return
-        country = _dig(found, "country", "iso_code")
-        if not isinstance(country, str) or not country:
-            return
-        event["country"] = country
-        # Rybbit's region: the country and the first (largest) subdivision, GB-ENG for
-        # Cambridge, not the most specific one (GB-CAM).
-        subdivisions = found.get("subdivisions")
-        if isinstance(subdivisions, list) and subdivisions:
-            subdivision = _dig(subdivisions[0], "iso_code")
-            if isinstance(subdivision, str) and subdivision:
-                event["region"] = f"{country}-{subdivision}"
-        city = _dig(found, "city", "names", "en")
-        if isinstance(city, str) and city:
-            event["city"] = city
-        location = found.get("location")
-        if isinstance(location, dict):
-            latitude, longitude = location.get("latitude"), location.get("longitude")
-            if isinstance(latitude, float | int) and isinstance(longitude, float | int):
-                event["lat"], event["lon"] = latitude, longitude
-            time_zone = location.get("time_zone")
-            if isinstance(time_zone, str) and time_zone:
-                event["timezone"] = time_zone
+        fields = _place(reader, context.client_ip)
+        if fields:
+            event.update(fields)
+
+
+# A visitor sends many events from one address: its place is looked up once. Keyed by the
+# reader too, so a reloaded database is read afresh. 8192 places are ~3 MB.
+@lru_cache(maxsize=8192)
+def _place(reader: maxminddb.Reader, client_ip: str) -> dict[str, Any] | None:
+    """The geo fields for ``client_ip``, or None when the database cannot place it."""
+    ip = lookup_address(client_ip)
+    if ip is None:
+        return None
+    try:
+        found = reader.get(ip)
+    except ValueError:  # not an address
+        return None
+    if not isinstance(found, dict):
+        return None
+    country = _dig(found, "country", "iso_code")
+    if not isinstance(country, str) or not country:
+        return None
+    fields: dict[str, Any] = {"country": country}
+    # Rybbit's region: the country and the first (largest) subdivision, GB-ENG for
+    # Cambridge, not the most specific one (GB-CAM).
+    subdivisions = found.get("subdivisions")
+    if isinstance(subdivisions, list) and subdivisions:
+        subdivision = _dig(subdivisions[0], "iso_code")
+        if isinstance(subdivision, str) and subdivision:
+            fields["region"] = f"{country}-{subdivision}"
+    city = _dig(found, "city", "names", "en")
+    if isinstance(city, str) and city:
+        fields["city"] = city
+    location = found.get("location")
+    if isinstance(location, dict):
+        latitude, longitude = location.get("latitude"), location.get("longitude")
+        if isinstance(latitude, float | int) and isinstance(longitude, float | int):
+            fields["lat"], fields["lon"] = latitude, longitude
+        time_zone = location.get("time_zone")
+        if isinstance(time_zone, str) and time_zone:
+            fields["timezone"] = time_zone
+    return fields
 
 
 def _dig(record: Any, *path: str) -> Any:

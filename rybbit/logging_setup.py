@@ -10,7 +10,8 @@ gunicorn's own warnings or a traceback (ClientDataFilter).
 
 gunicorn.conf.py loads this file on its own, outside the ``rybbit`` package, so that gunicorn's
 lines look the same without importing the app into the master (new workers would then keep the
-old code after a reload). So it imports only the standard library and python-json-logger.
+old code after a reload). So it imports only the standard library, orjson and
+python-json-logger.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 
 FORMAT_ENV = "RYBBIT_LOG_FORMAT"
@@ -67,7 +69,7 @@ class JsonFormatter(logging.Formatter):
             fields["exc_info"] = record.exc_text
         if record.stack_info:
             fields["stack_info"] = self.formatStack(record.stack_info)
-        return redact(json.dumps(fields, default=str, ensure_ascii=False))
+        return redact(orjson.dumps(fields, default=str).decode())
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         moment = datetime.fromtimestamp(record.created, UTC)

@@ -8,9 +8,11 @@ In one run, on the same gunicorn settings (gunicorn.conf.py; RYBBIT_WORKERS, RYB
       built-in enrichers, durable write) with one realistic event per request;
   (c) POST /api/track/batch with 100 events per request.
 Load comes from wrk on loopback (Debian package `wrk`). It prints saturation requests/s and
-latency for each, the ratio (b)/(a), p99 of (b) at half its saturation rate, events/s stored
-in (c) (as counted by the service once the store acknowledged them), and the RSS of each
-worker afterwards. The store is a fresh
+latency for each, the ratio (b)/(a), p99 of (b) at half its saturation rate, events/s
+acknowledged in (c) (as counted by the service: stored, or with MongoDB's default ACK=spool,
+durable in the spool), and the memory of each worker afterwards. With MongoDB it then waits for
+the spool to drain and prints the sustained shipping rate beside the server's own raw
+insert_many rate. The store is a fresh
 FerretDB started here unless --mongo-uri or --embedded says otherwise.
 """
 
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +173,61 @@ def show_cpu(before: dict[str, float], after: dict[str, float], requests_done: i
     print(f"    CPU ms per request: {parts}", flush=True)
 
 
+def spool_figures(base: str) -> dict[str, float]:
+    """The spool's backlog and shipped total, over all workers (from /metrics)."""
+    text = requests.get(f"{base}/metrics", timeout=30).text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("rybbit_spool_backlog_events", "rybbit_spool_shipped_total"):
+                found[sample.name] = found.get(sample.name, 0.0) + sample.value
+    return found
+
+
+def shipping(base: str, load_seconds: float, mongo_uri: str, shipped_before: float) -> None:
+    """With ACK=spool: how long the backlog (c) left takes to drain, the sustained shipping
+    rate over (c) and the drain, and the server's own raw insert_many rate to compare with."""
+    figures = spool_figures(base)
+    backlog = figures.get("rybbit_spool_backlog_events", 0.0)
+    started = time.monotonic()
+    while figures.get("rybbit_spool_backlog_events", 0.0) > 0 and time.monotonic() - started < 300:
+        time.sleep(0.5)
+        figures = spool_figures(base)
+    drained = time.monotonic() - started
+    shipped = figures.get("rybbit_spool_shipped_total", 0.0)
+    print(
+        f"    spool: backlog after (c) {backlog:.0f} events, drained in {drained:.1f} s; "
+        f"shipped in all {shipped:.0f}",
+        flush=True,
+    )
+    raw = raw_insert_rate(mongo_uri)
+    rate = (shipped - shipped_before) / (load_seconds + drained)
+    print(
+        f"    shipping over (c) and its drain: {rate:.0f} events/s; the server's raw "
+        f"insert_many: {raw:.0f} docs/s (1000 a call); ratio {rate / raw:.2f}",
+        flush=True,
+    )
+
+
+def raw_insert_rate(mongo_uri: str, seconds: float = 5.0) -> float:
+    """Documents per second the server takes in insert_many calls of 1000 workload events, as
+    stored (a scratch collection, dropped after)."""
+    import pymongo
+
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_uri)
+    collection = client.get_default_database()["bench_raw_insert"]
+    docs = make_events(1000, "1", seed=7)
+    done = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        collection.insert_many([dict(d) for d in docs], ordered=False)
+        done += len(docs)
+    rate = done / (time.monotonic() - started)
+    collection.drop()
+    client.close()
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--geoip", help="GeoLite2/GeoIP2 City database (full size)")
@@ -188,8 +246,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--worker-class",
-        help="gunicorn worker class for (a), (b) and (c) alike (default: the one gunicorn.conf.py "
-        "picks for the store: gevent with a server, gthread embedded)",
+        help="gunicorn worker class for (a), (b) and (c) alike (default: gunicorn.conf.py's, "
+        "gevent)",
     )
     parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
     args = parser.parse_args()
@@ -204,15 +262,14 @@ def main() -> None:
         redis_uri = stack.enter_context(servers.redis())
         print(
             f"workers: {args.workers or 'default'}, threads: {args.threads or 'default'}, "
-            f"worker class: {args.worker_class or ('gevent' if mongo_uri else 'gthread')}; "
+            f"worker class: {args.worker_class or 'gevent (gunicorn.conf.py default)'}; "
             f"store: {mongo_uri or 'embedded'}; geoip: {args.geoip or 'none'}; "
             f"{args.seconds} s per run, {args.connections} connections",
             flush=True,
         )
 
-        # (a) must run as (b) does, and gunicorn.conf.py picks the worker class by the store.
-        worker_class = args.worker_class or ("gevent" if mongo_uri else "gthread")
-        sizing = {"RYBBIT_WORKER_CLASS": worker_class}
+        # (a) runs with the same worker class as (b): gunicorn.conf.py's default unless given.
+        sizing = {"RYBBIT_WORKER_CLASS": args.worker_class} if args.worker_class else {}
         if args.workers:
             sizing["RYBBIT_WORKERS"] = str(args.workers)
         if args.threads:
@@ -276,6 +333,7 @@ def main() -> None:
         for n in range(100):
             items = event_bodies(site_id, [api_keys[n % len(api_keys)]], 100, seed=1000 + n)
             batches.append(json.dumps(items))
+        spool_before = spool_figures(service.base_url).get("rybbit_spool_shipped_total", 0.0)
         cpu = cpu_snapshot(service)
         c = wrk(service.base_url, "/api/track/batch", batches, args.seconds, args.connections)
         cpu_after = cpu_snapshot(service)
@@ -286,6 +344,8 @@ def main() -> None:
             f"\n    events stored: {stored} = {stored / c['seconds']:.0f} events/s",
         )
         show_cpu(cpu, cpu_after, c["requests"])
+        if mongo_uri:
+            shipping(service.base_url, c["seconds"], mongo_uri, spool_before)
         print(f"    memory per worker after load: {service.worker_memory_mb()} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 

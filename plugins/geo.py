@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import Any
 
 import maxminddb
@@ -57,6 +58,7 @@ class GeoEnricher(Enricher):
     def __init__(self, path: str, reload_seconds: float = 0) -> None:
         self.path = path
         self.reader: maxminddb.Reader | None = None
+        self._place: Callable[[str], dict[str, Any] | None] | None = None
         self.problem: str | None = None
         # (device, inode, size, mtime) of the file last opened or tried; None: no file.
         self._identity: tuple[int, int, int, int] | None = None
@@ -121,6 +123,7 @@ class GeoEnricher(Enricher):
         # a closed reader raises ValueError (the event would lose its geo fields). Once the last
         # such lookup drops its reference the reader is freed and the old file unmapped.
         self.reader, self.problem = reader, None
+        self._place = _places_of(reader)
         if previous is not None:
             metadata = reader.metadata()
             log.info(
@@ -138,17 +141,22 @@ class GeoEnricher(Enricher):
     def enrich(self, event: dict[str, Any], context: EnrichmentContext) -> None:
         if time.monotonic() >= self._next_check:
             self._reload_if_replaced()
-        reader = self.reader  # this lookup's reader, even if another thread swaps in a new one
-        if reader is None or not context.client_ip:
+        place = self._place  # this lookup's reader, even if another thread swaps in a new one
+        if place is None or not context.client_ip:
             return
-        fields = _place(reader, context.client_ip)
+        fields = place(context.client_ip)
         if fields:
             event.update(fields)
 
 
-# A visitor sends many events from one address: its place is looked up once. Keyed by the
-# reader too, so a reloaded database is read afresh. 8192 places are ~3 MB.
-@lru_cache(maxsize=8192)
+def _places_of(reader: maxminddb.Reader) -> Callable[[str], dict[str, Any] | None]:
+    """``_place`` on ``reader`` with a cache of its own. A visitor sends many events from one
+    address: its place is looked up once. The cache lives and dies with its reader, so a
+    reloaded database is read afresh and the old file is unmapped once no lookup uses it
+    (a cache shared by all readers would keep every old reader alive). 8192 places ~3 MB."""
+    return lru_cache(maxsize=8192)(partial(_place, reader))
+
+
 def _place(reader: maxminddb.Reader, client_ip: str) -> dict[str, Any] | None:
     """The geo fields for ``client_ip``, or None when the database cannot place it."""
     ip = lookup_address(client_ip)

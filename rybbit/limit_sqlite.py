@@ -28,7 +28,8 @@ from typing import Any
 from limits.storage import MovingWindowSupport, Storage
 
 SCHEME = "sqlite"
-_PURGE_SECONDS = 60.0  # how often a process deletes the rows of windows long past
+_PURGE_SECONDS = 60.0
+_CREATION = threading.Lock()  # how often a process deletes the rows of windows long past
 
 _SCHEMA = (
     # One row per hit of the moving window; ``expires`` lets a purge drop rows of any limit.
@@ -60,39 +61,47 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         if not self.path:
             raise ValueError("sqlite:// needs a file path, e.g. sqlite:///var/lib/ratelimit.sqlite")
         self.timeout = float(timeout)
-        self._pid = -1
-        self._connection: sqlite3.Connection | None = None
-        self._lock: Any = None
+        # (pid, connection, lock): a connection must not cross a fork.
+        self._per_process: tuple[int, sqlite3.Connection, Any] | None = None
         self._next_purge = 0.0
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return sqlite3.Error
 
-    def _connect(self) -> sqlite3.Connection:
-        """This process's connection (a new one after a fork)."""
-        if self._pid != os.getpid() or self._connection is None:
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            # isolation_level=None: transactions are begun here, explicitly and IMMEDIATE.
-            connection = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=OFF")
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            # Created here, not at import: under gevent the lock must be the patched one.
-            self._lock = threading.Lock()
-            self._connection, self._pid = connection, os.getpid()
-        return self._connection
+    def _state(self) -> tuple[sqlite3.Connection, Any]:
+        """This process's connection and the lock that serialises its use (new ones after a
+        fork). Made once under a module-wide lock: two threads making the first call at once
+        would otherwise each open one and use the other's, mid-transaction. That lock is held
+        for plain C calls only, which never yield to gevent's loop, so a real lock is right."""
+        state = self._per_process
+        if state is None or state[0] != os.getpid():
+            with _CREATION:
+                state = self._per_process
+                if state is None or state[0] != os.getpid():
+                    state = (os.getpid(), self._open(), threading.Lock())
+                    self._per_process = state
+        return state[1], state[2]
+
+    def _open(self) -> sqlite3.Connection:
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        # isolation_level=None: transactions are begun here, explicitly and IMMEDIATE.
+        connection = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=OFF")
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        return connection
 
     def _write(self, work: Any) -> Any:
         """Run ``work(connection, now)`` in one write transaction; ``now`` is read once the
         transaction holds the write lock, so hits are stored in the order they were counted."""
-        with self._lock_for_call():
-            connection = self._connect()
+        connection, lock = self._state()
+        with lock:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 now = time.time()
@@ -108,10 +117,10 @@ class SQLiteStorage(Storage, MovingWindowSupport):
                 raise
             return result
 
-    def _lock_for_call(self) -> Any:
-        if self._lock is None or self._pid != os.getpid():
-            self._connect()
-        return self._lock
+    def _read(self, sql: str, parameters: tuple[Any, ...]) -> Any:
+        connection, lock = self._state()
+        with lock:
+            return connection.execute(sql, parameters).fetchone()
 
     # -- moving window ------------------------------------------------------------------------
 
@@ -143,17 +152,12 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         return self.acquire_with_window(key, limit, expiry, amount)[0]
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        with self._lock_for_call():
-            now = time.time()
-            count, oldest = (
-                self._connect()
-                .execute(
-                    "SELECT coalesce(sum(amount), 0), min(at) FROM window_entries"
-                    " WHERE key = ? AND at >= ?",
-                    (key, now - expiry),
-                )
-                .fetchone()
-            )
+        now = time.time()
+        count, oldest = self._read(
+            "SELECT coalesce(sum(amount), 0), min(at) FROM window_entries"
+            " WHERE key = ? AND at >= ?",
+            (key, now - expiry),
+        )
         return (now if oldest is None else oldest), int(count)
 
     # -- fixed window and housekeeping ----------------------------------------------------------
@@ -173,15 +177,9 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         return self._write(work)  # type: ignore[no-any-return]
 
     def _counter(self, key: str) -> tuple[int, float] | None:
-        with self._lock_for_call():
-            row = (
-                self._connect()
-                .execute(
-                    "SELECT value, expires FROM counters WHERE key = ? AND expires > ?",
-                    (key, time.time()),
-                )
-                .fetchone()
-            )
+        row = self._read(
+            "SELECT value, expires FROM counters WHERE key = ? AND expires > ?", (key, time.time())
+        )
         return (int(row[0]), float(row[1])) if row else None
 
     def get(self, key: str) -> int:
@@ -193,8 +191,7 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         return counter[1] if counter else time.time()
 
     def check(self) -> bool:
-        with self._lock_for_call():
-            return self._connect().execute("SELECT 1").fetchone() == (1,)
+        return bool(self._read("SELECT 1", ()) == (1,))
 
     def clear(self, key: str) -> None:
         def work(connection: sqlite3.Connection, now: float) -> None:

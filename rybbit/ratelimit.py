@@ -156,6 +156,12 @@ class _Internals:
     tests/test_rate_limit.py; written against Flask-Limiter 4.1)."""
 
     @staticmethod
+    def forget_storage_options() -> None:
+        """init_app adds RATELIMIT_STORAGE_OPTIONS to those of the apps set up before it in
+        this process: a Redis storage would get the SQLite storage's ``timeout`` and fail."""
+        limiter._storage_options = {}
+
+    @staticmethod
     def storage_dead() -> bool:
         return bool(limiter._storage_dead)
 
@@ -321,6 +327,7 @@ def init_app(app: Flask) -> None:
             scheme,
         )
         _bounded_storage_calls(app, scheme)
+    _Internals.forget_storage_options()
     limiter.init_app(app)
     _Internals.reset()
     counter = fallback = None

@@ -36,6 +36,13 @@ class GatedWrites:
         self.calls.append(events)
 
 
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """Limits are read when the app is made: concurrent bursts here stay under them."""
+    return {**app_config, "RATE_LIMIT": "1000 per second"}
+
+
+
 def _submit_all(committer: GroupCommit, writes: GatedWrites, followers: int) -> list[Any]:
     """Submit one event from a leader thread and ``followers`` more while its write waits;
     return what each submit returned or raised, leader first."""
@@ -129,7 +136,6 @@ def test_every_waiter_gets_its_own_copy_of_the_error() -> None:
 def test_concurrent_requests_are_all_stored_in_fewer_writes(
     app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
 ) -> None:
-    app.config["RATE_LIMIT"] = "1000 per second"
     requests = 60
 
     def post(index: int) -> int:

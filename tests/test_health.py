@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
-from rybbit import create_app
+from rybbit import create_app, delivery
 from tests.conftest import free_port
 from tests.geo_db import build_city_db
 
@@ -41,7 +42,13 @@ def test_geo_without_database_is_not_ready_unless_disabled(
     assert disabled.status_code == 200
 
 
-def test_unreachable_store_is_not_ready(instance_path: Path) -> None:
+@pytest.mark.parametrize("ack, ready", [("store", 503), ("spool", 200)])
+def test_unreachable_store_is_not_ready_unless_events_are_spooled(
+    instance_path: Path, monkeypatch: pytest.MonkeyPatch, ack: str, ready: int
+) -> None:
+    """ACK=store answers only once MongoDB has the event, so it is not ready without it;
+    ACK=spool keeps accepting into the spool (shipped when MongoDB is back), so it is."""
+    monkeypatch.setenv("RYBBIT_ACK", ack)
     app = create_app(
         {
             "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/x",
@@ -49,7 +56,12 @@ def test_unreachable_store_is_not_ready(instance_path: Path) -> None:
             "PLUGINS_DISABLED": ["geo"],
         }
     )
-    response = app.test_client().get("/readyz")
-    assert response.status_code == 503
-    assert response.get_json()["checks"]["store"].startswith("store unavailable")
-    assert app.test_client().get("/healthz").status_code == 200
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == ready
+        checks = response.get_json()["checks"]
+        assert checks["store"].startswith("store unavailable")
+        assert ("spool" in checks) == (ack == "spool")
+        assert app.test_client().get("/healthz").status_code == 200
+    finally:
+        delivery.close(app)

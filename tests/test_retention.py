@@ -23,7 +23,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from rybbit import create_app, sites
+from rybbit import create_app, delivery, sites
 from rybbit.events import encode_cursor, idempotent_id, now_ms, query_events
 from rybbit.storage.retention import (
     BY_PURGE,
@@ -363,13 +363,19 @@ def test_cli_purge_without_a_retention_says_so(
 
 
 @pytest.fixture
-def timeseries_stand_in(mongo_server: str, instance_path: Path, no_timeseries: None) -> Any:
-    name = "rybbit_test_ts_stand_in"
+def timeseries_stand_in(
+    mongo_server: str, instance_path: Path, no_timeseries: None, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    # ACK=store: requests write through this app's store object, the one set to time-series
+    # mode here (a spool's shipper would write through a store of its own).
+    monkeypatch.setenv("RYBBIT_ACK", "store")
+    name = f"rybbit_test_ts_stand_in_{uuid.uuid4().hex[:8]}"
     app = create_app({"TESTING": True, "MONGO_URI": f"{mongo_server}/{name}", "LOAD_PLUGINS": []})
     with app.app_context():
         store = get_store()
     store.retention.mode, store.retention.expiry = TIMESERIES, BY_SERVER
     yield app, store
+    delivery.close(app)
     pymongo.MongoClient(mongo_server).drop_database(name)
 
 

@@ -17,6 +17,13 @@ from rybbit.store import get_store
 from tests.conftest import set_sessions_last_seen
 
 
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """Limits are read when the app is made: concurrent bursts here stay under them."""
+    return {**app_config, "RATE_LIMIT": "10000 per second"}
+
+
+
 def _body(site: dict[str, Any], api_key: str, user: str, n: int) -> dict[str, Any]:
     return {"api_key": api_key, "site_id": site["site_id"], "user_id": user, "pathname": f"/{n}"}
 
@@ -31,7 +38,6 @@ def _sessions_by_user(events: list[dict[str, Any]]) -> dict[str, set[str]]:
 def test_concurrent_first_events_of_a_visitor_share_one_session(
     app: Flask, site: dict[str, Any], api_key: str, stored_events: Any
 ) -> None:
-    app.config["RATE_LIMIT"] = "10000 per second"
     users = [f"user-{i}" for i in range(5)]
     barrier = threading.Barrier(10)
 
@@ -60,8 +66,6 @@ def test_two_processes_racing_on_a_new_visitor_agree(
     # A second app on the same store stands in for another gunicorn worker or machine: its
     # own caches and its own grouping, sharing only the store.
     other = create_app(app_config)
-    for each in (app, other):
-        each.config["RATE_LIMIT"] = "10000 per second"
     barrier = threading.Barrier(2)
 
     def send(pair: tuple[Flask, int]) -> int:

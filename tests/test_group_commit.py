@@ -42,7 +42,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     return {**app_config, "RATE_LIMIT": "1000 per second"}
 
 
-
 def _submit_all(committer: GroupCommit, writes: GatedWrites, followers: int) -> list[Any]:
     """Submit one event from a leader thread and ``followers`` more while its write waits;
     return what each submit returned or raised, leader first."""

@@ -23,7 +23,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     return {**app_config, "RATE_LIMIT": "10000 per second"}
 
 
-
 def _body(site: dict[str, Any], api_key: str, user: str, n: int) -> dict[str, Any]:
     return {"api_key": api_key, "site_id": site["site_id"], "user_id": user, "pathname": f"/{n}"}
 

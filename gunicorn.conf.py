@@ -85,6 +85,8 @@ def post_worker_init(worker):
     # the worker's requests: measured 35 ms, 3 ms once they are frozen.
     gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()
+    if _rybbit_app(worker) is None:
+        return  # another app under these settings (bench/bare_app.py)
     from rybbit import delivery
 
     if delivery.spooled(worker.wsgi):
@@ -108,12 +110,21 @@ def post_worker_init(worker):
         )
 
 
+def _rybbit_app(worker):
+    """The worker's app if it is this service's (made by rybbit.create_app), else None."""
+    app = getattr(worker, "wsgi", None)
+    extensions = getattr(app, "extensions", None)
+    if not isinstance(extensions, dict) or "rybbit.key_usage" not in extensions:
+        return None
+    return app
+
+
 def worker_exit(server, worker):
     """Ship what this worker's spool still holds (a few seconds at most: the rest is adopted
     by another worker), then write the API keys' last_used_at times it holds (UsageRecorder)."""
-    app = getattr(worker, "wsgi", None)
-    if app is None or not hasattr(app, "extensions"):
-        return  # the worker died before loading the app
+    app = _rybbit_app(worker)
+    if app is None:
+        return  # the worker died before loading the app, or serves another app
     from rybbit import delivery
     from rybbit.store import get_store
     from rybbit.track import usage_recorder

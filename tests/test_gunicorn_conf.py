@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import runpy
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+
+from tests.conftest import free_port
 
 CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
@@ -49,3 +56,35 @@ def test_workers_bound_their_connections(monkeypatch: pytest.MonkeyPatch) -> Non
     assert chosen["worker_connections"] == 10
     # Threads too: each connection waiting for its request to arrive holds a buffer.
     assert settings(monkeypatch)["worker_connections"] == 256
+
+
+def test_its_hooks_leave_another_app_alone(tmp_path: Path) -> None:
+    """The benchmark's bare Flask app runs under these settings too (bench/throughput.py):
+    the hooks that start the spool and flush key usage skip an app that is not this one."""
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bench.bare_app:app"],
+            cwd=CONF.parent,
+            env={**os.environ, "RYBBIT_BIND": f"127.0.0.1:{port}", "RYBBIT_WORKERS": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = requests.post(
+                    f"http://127.0.0.1:{port}/api/track", json={"x": 1}, timeout=1
+                )
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert response.json() == {"success": True}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Exception" not in log.read_text()

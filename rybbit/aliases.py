@@ -17,7 +17,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from .schemas import _check_json_value
+from .schemas import check_json_value
 from .store import Store
 
 ALIASES = "user_aliases"
@@ -32,7 +32,7 @@ def traits_json(traits: dict[str, Any]) -> str:
 def storable_traits(traits: dict[str, Any]) -> dict[str, Any]:
     """Traits with keys MongoDB would misread escaped; ValueError for what BSON cannot hold."""
     try:
-        return _check_json_value(traits)  # type: ignore[no-any-return]
+        return check_json_value(traits)  # type: ignore[no-any-return]
     except RecursionError:
         raise ValueError("nested too deeply") from None
 

@@ -50,7 +50,7 @@ SCREEN_MAX = 65535
 PROPERTIES_MAX_DEPTH = 32
 _INT64 = 2**63
 CLIENT_TIME_MAX_AGE = timedelta(hours=72)
-_NUMERIC_SITE_ID = re.compile(r"[0-9]+")
+NUMERIC_SITE_ID = re.compile(r"[0-9]+")
 # JavaScript's String.prototype.trim() removes these (WhiteSpace and LineTerminator); Python's
 # str.strip() differs (it keeps U+FEFF and strips U+001C-U+001F).
 _JS_WHITESPACE = (
@@ -156,7 +156,7 @@ class SiteId(ZString):
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         text = super()._deserialize(value, attr, data, **kwargs)
-        return str(int(text)) if _NUMERIC_SITE_ID.fullmatch(text) else text
+        return str(int(text)) if NUMERIC_SITE_ID.fullmatch(text) else text
 
 
 class IpAddress(ZString):
@@ -274,7 +274,7 @@ def _check_text(text: str) -> str:
     return text
 
 
-def _check_json_value(value: Any, depth: int = 0) -> Any:
+def check_json_value(value: Any, depth: int = 0) -> Any:
     """Refuse what BSON or JSON output cannot hold (unpaired surrogates, non-finite numbers,
     deep nesting); escape keys MongoDB would read as operators or paths."""
     if depth > PROPERTIES_MAX_DEPTH:
@@ -284,10 +284,10 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if "\x00" in key:
                 raise ValueError("keys must not contain NUL characters")
-            out[safe_key(_check_text(key))] = _check_json_value(item, depth + 1)
+            out[safe_key(_check_text(key))] = check_json_value(item, depth + 1)
         return out
     if isinstance(value, list):
-        items = [_check_json_value(item, depth + 1) for item in value]  # too deep: said first
+        items = [check_json_value(item, depth + 1) for item in value]  # too deep: said first
         if any(isinstance(item, list) for item in items):
             raise UnsupportedShape("Arrays directly inside arrays are not supported")
         return items
@@ -339,7 +339,7 @@ class JSONString(ZString):
         except (ValueError, RecursionError):
             return ParsedJSON(js_length(text), NOT_JSON)
         try:
-            return ParsedJSON(js_length(text), _check_json_value(parsed))
+            return ParsedJSON(js_length(text), check_json_value(parsed))
         except UnsupportedShape as exc:
             raise ValidationError(str(exc)) from None
         except (ValueError, RecursionError):

@@ -152,6 +152,8 @@ class _DateRange(fields.Field):
 
 
 class _Metric(fields.String):
+    """A metric's name (validated here, so the message names it)."""
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if text not in METRICS:
@@ -217,11 +219,44 @@ class QuerySchema(Schema):
         unknown = RAISE
 
     site_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    metrics = fields.List(_Metric(), required=True, validate=validate.Length(min=1, max=20))
-    date_range = _DateRange(required=True)
+    metrics = fields.List(
+        _Metric(metadata={"enum": list(METRICS)}),
+        required=True,
+        validate=validate.Length(min=1, max=20),
+    )
+    date_range = _DateRange(
+        required=True,
+        metadata={
+            "description": f"One of {', '.join(RELATIVE)}, or [first, last] ISO dates (both "
+            "included) or date-times with offsets (end excluded)",
+            "oneOf": [
+                {"type": "string", "enum": list(RELATIVE)},
+                {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+            ],
+        },
+    )
     dimensions = fields.List(_DimensionName(), load_default=list, validate=validate.Length(max=5))
-    filters = fields.List(_Filter(), load_default=list, validate=validate.Length(max=50))
-    order_by = fields.List(_OrderBy(), validate=validate.Length(min=1, max=10))
+    filters = fields.List(
+        _Filter(
+            metadata={
+                "type": "array",
+                "description": "[operator, dimension, [values]] with operator one of "
+                f"{', '.join(OPERATORS)}; or ['and' | 'or', [filters]] or ['not', filter]",
+            }
+        ),
+        load_default=list,
+        validate=validate.Length(max=50),
+    )
+    order_by = fields.List(
+        _OrderBy(
+            metadata={
+                "type": "array",
+                "description": "[metric or dimension, 'asc' | 'desc']",
+                "items": {"type": "string"},
+            }
+        ),
+        validate=validate.Length(min=1, max=10),
+    )
     include = fields.Nested(IncludeSchema, load_default=dict)
     pagination = fields.Nested(PaginationSchema, load_default=dict)
 

@@ -525,3 +525,58 @@ def test_time_zone_setting(client: FlaskClient, site: dict[str, Any]) -> None:
     body = {"site_id": site["site_id"], "metrics": ["visitors"], "date_range": "day"}
     answer = client.post("/api/v2/query", json=body, headers=ADMIN).get_json()
     assert answer["query"]["date_range"][0].endswith("T00:00:00+05:30")
+
+
+# -- the embedded store's migration ----------------------------------------------------------
+
+
+def test_a_store_written_before_the_stats_columns_is_migrated_at_start_up(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tests/data/embedded_store_v1.sqlite3 was written by the code before this feature
+    (tests/data/write_store_v1.py says how): schema version 1, no stats columns."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    from rybbit import create_app, delivery
+
+    instance = tmp_path / "instance"
+    (instance / "data").mkdir(parents=True)
+    database = instance / "data" / "rybbit.sqlite3"
+    shutil.copy(Path(__file__).parent / "data" / "embedded_store_v1.sqlite3", database)
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        docs = [json.loads(doc) for (doc,) in conn.execute("SELECT doc FROM events")]
+    monkeypatch.setenv("RYBBIT_INSTANCE_PATH", str(instance))
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    app = create_app({"TESTING": True, "MONGO_URI": None, "LOAD_PLUGINS": [], "ADMIN_TOKEN": TOKEN})
+    try:
+        body = {
+            "site_id": "1",
+            "metrics": ["visitors", "visits", "pageviews", "events"],
+            "date_range": ["2026-12-01", "2026-12-01"],
+            "dimensions": ["event:page"],
+        }
+        response = app.test_client().post("/api/v2/query", json=body, headers=ADMIN)
+        assert response.status_code == 200, response.get_json()
+        want: dict[tuple[Any, ...], list[int]] = {}
+        for page in {doc.get("pathname") for doc in docs}:
+            mine = [doc for doc in docs if doc.get("pathname") == page]
+            want[(page,)] = [
+                len({doc["user_id"] for doc in mine}),
+                len({doc["session_id"] for doc in mine}),
+                sum(doc["type"] == "pageview" for doc in mine),
+                len(mine),
+            ]
+        assert got(response.get_json()) == want
+        assert len(docs) == 7 and (None,) in want  # the custom event has no page
+    finally:
+        delivery.close(app)
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        filled = conn.execute(
+            "SELECT count(*) FROM events WHERE session_id = json_extract(doc, '$.session_id') "
+            "AND user_id = json_extract(doc, '$.user_id')"
+        ).fetchone()
+        assert filled == (7,)

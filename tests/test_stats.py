@@ -580,3 +580,5 @@ def test_a_store_written_before_the_stats_columns_is_migrated_at_start_up(
             "AND user_id = json_extract(doc, '$.user_id')"
         ).fetchone()
         assert filled == (7,)
+        indexed = [row[2] for row in conn.execute("PRAGMA index_info(events_site_ts)")]
+        assert indexed == ["site_id", "ts", "id", "session_id", "user_id", "type", "pathname"]

@@ -82,8 +82,12 @@ CREATE TABLE IF NOT EXISTS events (
 -- those events out spares most inserts a B-tree.
 CREATE UNIQUE INDEX IF NOT EXISTS events_keyed_id ON events (id) WHERE keyed IS NOT NULL;
 -- Listing, export, site deletion and retention (site by site) all walk this one. No index
--- on time alone, which would cost every insert a fourth B-tree.
-CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, ts, id);
+-- on time alone, which would cost every insert a fourth B-tree. It also carries what the
+-- common stats queries read (a site's sessions, visitors, types and pages in a period), which
+-- they then read from the index alone, without the rows and their JSON: that halved them
+-- (0.8 to 0.4 s for a site's month of 100,000 events). Inserts: bench/store measured 20-25 us
+-- of CPU per event in batches before, 21-32 after, on a busy 2-core machine (in its noise).
+CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, ts, id, {stats_columns});
 CREATE TABLE IF NOT EXISTS sites (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -138,6 +142,8 @@ _INSERT_EVENT = (
 )
 # The stats columns (schema version 2), each a copy of the event's field of the same name.
 STATS_COLUMNS = ("session_id", "user_id", "pathname", "hostname", "event_name")
+# Those of them, and type, that events_site_ts carries (see SCHEMA).
+INDEXED_STATS_COLUMNS = "session_id, user_id, type, pathname"
 # Rows a migration fills per transaction (see _add_stats_columns).
 _MIGRATE_CHUNK = 50_000
 
@@ -436,7 +442,8 @@ class SQLiteStorage(Storage):
                 log.warning("embedded store: journal mode is %s, not WAL", mode)
         with self._write() as conn:
             # Statement by statement: executescript would commit the transaction first.
-            for statement in re.sub(r"--[^\n]*", "", SCHEMA).split(";"):
+            schema = SCHEMA.replace("{stats_columns}", INDEXED_STATS_COLUMNS)
+            for statement in re.sub(r"--[^\n]*", "", schema).split(";"):
                 if statement.strip():
                     conn.execute(statement)
         self._add_stats_columns()
@@ -473,6 +480,12 @@ class SQLiteStorage(Storage):
                     (first, first + _MIGRATE_CHUNK),
                 )
         with self._write() as conn:
+            # The index as version 2 has it (version 1's had the first three columns only).
+            conn.execute("DROP INDEX IF EXISTS events_site_ts")
+            conn.execute(
+                "CREATE INDEX events_site_ts ON events (site_id, ts, id, "
+                f"{INDEXED_STATS_COLUMNS})"
+            )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         if last:
             log.warning("embedded store: stats columns added in %.1f s", time.monotonic() - started)

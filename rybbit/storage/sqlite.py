@@ -483,8 +483,7 @@ class SQLiteStorage(Storage):
             # The index as version 2 has it (version 1's had the first three columns only).
             conn.execute("DROP INDEX IF EXISTS events_site_ts")
             conn.execute(
-                "CREATE INDEX events_site_ts ON events (site_id, ts, id, "
-                f"{INDEXED_STATS_COLUMNS})"
+                f"CREATE INDEX events_site_ts ON events (site_id, ts, id, {INDEXED_STATS_COLUMNS})"
             )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         if last:

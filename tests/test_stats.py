@@ -582,3 +582,16 @@ def test_a_store_written_before_the_stats_columns_is_migrated_at_start_up(
         assert filled == (7,)
         indexed = [row[2] for row in conn.execute("PRAGMA index_info(events_site_ts)")]
         assert indexed == ["site_id", "ts", "id", "session_id", "user_id", "type", "pathname"]
+
+
+def test_a_query_past_the_time_limit_is_stopped(
+    client: FlaskClient, app: Flask, data: dict[str, Any]
+) -> None:
+    """The embedded store interrupts the statement; MongoDB stops at maxTimeMS."""
+    app.config["STATS_QUERY_TIMEOUT_SECONDS"] = 0.000001
+    body = {"site_id": data["utc"], "metrics": ["visitors"], "date_range": "30d"}
+    response = client.post("/api/v2/query", json=body, headers=ADMIN)
+    assert response.status_code == 503
+    assert "STATS_QUERY_TIMEOUT_SECONDS" in response.get_json()["error"]
+    app.config["STATS_QUERY_TIMEOUT_SECONDS"] = 30
+    assert client.post("/api/v2/query", json=body, headers=ADMIN).status_code == 200

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymongo.errors
+
 from ..storage import MongoStorage
 from ..storage.codec import to_ms
+from ..store_errors import StoreUnavailable
 from . import engine
-from .plan import Groups, Plan
+from .plan import Groups, Plan, timed_out
 
 # What every plan reads of an event.
 _ALWAYS = ("timestamp", "type", "session_id", "user_id", "pathname")
@@ -49,11 +52,22 @@ def pipeline(plan: Plan) -> list[dict[str, Any]]:
     ]
 
 
-def run(store: MongoStorage, plan: Plan) -> Groups:
-    with store.op():
-        cursor = store.events.aggregate(pipeline(plan), allowDiskUse=True, batchSize=10_000)
-        events = []
-        for doc in cursor:
-            doc["ts"] = to_ms(doc.pop("timestamp"))
-            events.append(doc)
+def run(store: MongoStorage, plan: Plan, timeout: float) -> Groups:
+    """The plan's groups; the server stops the pipeline after ``timeout`` seconds."""
+    events = []
+    try:
+        with store.op():
+            cursor = store.events.aggregate(
+                pipeline(plan),
+                allowDiskUse=True,
+                batchSize=10_000,
+                maxTimeMS=max(1, int(timeout * 1000)),
+            )
+            for doc in cursor:
+                doc["ts"] = to_ms(doc.pop("timestamp"))
+                events.append(doc)
+    except StoreUnavailable as exc:
+        if isinstance(exc.__cause__, pymongo.errors.ExecutionTimeout):
+            raise timed_out(timeout) from exc
+        raise
     return engine.evaluate(events, plan)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..errors import ApiError
 from . import date_range, dimensions
 from .date_range import Period
 from .dimensions import Dimension
@@ -91,4 +92,13 @@ def make_plan(query: Query, zone: ZoneInfo, period: Period) -> Plan:
         filters=query.filters,
         session_counts=any(metric in SESSION_METRICS for metric in query.metrics),
         offsets=date_range.offsets(zone, period.start, period.end),
+    )
+
+
+def timed_out(seconds: float) -> ApiError:
+    """The answer to a query the store stopped at STATS_QUERY_TIMEOUT_SECONDS."""
+    return ApiError(
+        503,
+        f"Query stopped after {seconds:g} s (STATS_QUERY_TIMEOUT_SECONDS): "
+        "narrow the date range, the filters or the dimensions",
     )

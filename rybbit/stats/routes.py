@@ -42,10 +42,11 @@ def _authorise(store: Storage, site_id: str) -> None:
 
 
 def _groups(store: Storage, plan: Plan) -> Groups:
+    timeout = float(current_app.config["STATS_QUERY_TIMEOUT_SECONDS"])
     if isinstance(store, SQLiteStorage):
-        return sqlite_query.run(store, plan)
+        return sqlite_query.run(store, plan, timeout)
     assert isinstance(store, MongoStorage)
-    return mongo_query.run(store, plan)
+    return mongo_query.run(store, plan, timeout)
 
 
 def _first_event(store: Storage, site_id: str) -> datetime | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from typing import Any
 
 from .. import native
@@ -22,7 +23,7 @@ from ..storage import SQLiteStorage
 from ..storage.codec import to_ms
 from . import dimensions
 from .dimensions import Dimension
-from .plan import Counts, Groups, Plan
+from .plan import Counts, Groups, Plan, timed_out
 from .query_schema import compile_pattern
 
 _FORMATS = {
@@ -165,7 +166,7 @@ def _make_sessions(conn: sqlite3.Connection, plan: Plan, sql: _Sql) -> None:
         )
 
 
-def _query(store: SQLiteStorage, plan: Plan) -> Groups:
+def _query(store: SQLiteStorage, plan: Plan, timeout: float) -> Groups:
     sql = _Sql(plan)
     keys = [f"d{index}" for index in range(len(plan.dimensions))]
     selected = [
@@ -200,13 +201,21 @@ def _query(store: SQLiteStorage, plan: Plan) -> Groups:
         f"sum(duration) FROM g" + (f" GROUP BY {', '.join(keys)}" if keys else "")
     )
     conn = store.stats_connection()
+    deadline = time.monotonic() + timeout
+    # SQLite calls this every 10,000 virtual machine steps (well under a millisecond); a
+    # true answer interrupts the statement.
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     try:
         conn.create_function("rb_regexp", 2, _regexp, deterministic=True)
         conn.create_function("rb_source", 2, dimensions.source_of, deterministic=True)
-        with store.op():
-            if sessions:
-                _make_sessions(conn, plan, sql)
-            rows = conn.execute(text, [*select_params, *_period(plan), *filter_params]).fetchall()
+        if sessions:
+            _make_sessions(conn, plan, sql)
+        rows = conn.execute(text, [*select_params, *_period(plan), *filter_params]).fetchall()
+    except sqlite3.OperationalError as exc:
+        if time.monotonic() > deadline:
+            raise timed_out(timeout) from exc
+        with store.op():  # anything else as the store's other errors: a 503
+            raise
     finally:
         conn.close()
     groups: Groups = {}
@@ -218,6 +227,6 @@ def _query(store: SQLiteStorage, plan: Plan) -> Groups:
     return groups
 
 
-def run(store: SQLiteStorage, plan: Plan) -> Groups:
+def run(store: SQLiteStorage, plan: Plan, timeout: float) -> Groups:
     """The plan's groups, computed by SQLite (off a gevent worker's loop: it blocks)."""
-    return native.off_loop(lambda _: _query(store, plan))(None)
+    return native.off_loop(lambda _: _query(store, plan, timeout))(None)

@@ -595,3 +595,13 @@ def test_a_query_past_the_time_limit_is_stopped(
     assert "STATS_QUERY_TIMEOUT_SECONDS" in response.get_json()["error"]
     app.config["STATS_QUERY_TIMEOUT_SECONDS"] = 30
     assert client.post("/api/v2/query", json=body, headers=ADMIN).status_code == 200
+
+
+def test_a_rotated_key_keeps_its_scopes(client: FlaskClient, site: dict[str, Any]) -> None:
+    path = f"/api/admin/sites/{site['site_id']}/api-keys"
+    made = client.post(path, json={"scopes": ["stats:read"]}, headers=ADMIN).get_json()
+    rotated = client.post(f"{path}/{made['id']}/rotate", json={}, headers=ADMIN)
+    assert rotated.status_code == 201 and rotated.get_json()["scopes"] == ["stats:read"]
+    body = {"site_id": site["site_id"], "metrics": ["visitors"], "date_range": "7d"}
+    bearer = {"Authorization": f"Bearer {rotated.get_json()['api_key']}"}
+    assert client.post("/api/v2/query", json=body, headers=bearer).status_code == 200

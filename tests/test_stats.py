@@ -605,3 +605,35 @@ def test_a_rotated_key_keeps_its_scopes(client: FlaskClient, site: dict[str, Any
     body = {"site_id": site["site_id"], "metrics": ["visitors"], "date_range": "7d"}
     bearer = {"Authorization": f"Bearer {rotated.get_json()['api_key']}"}
     assert client.post("/api/v2/query", json=body, headers=bearer).status_code == 200
+
+
+def test_a_migration_stopped_half_way_carries_on_where_it_stopped(tmp_path: Any) -> None:
+    """As a gunicorn worker killed during the migration leaves the store: columns added,
+    the first rows filled and recorded as done. The next start fills only the rest."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    from rybbit.storage import SQLiteStorage
+
+    database = tmp_path / "rybbit.sqlite3"
+    shutil.copy(Path(__file__).parent / "data" / "embedded_store_v1.sqlite3", database)
+    with sqlite3.connect(database) as conn:
+        for name in ("session_id", "user_id", "pathname", "hostname", "event_name"):
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} TEXT")
+        conn.execute("UPDATE events SET session_id = 'filled before' WHERE seq <= 3")
+        conn.executemany(
+            "INSERT INTO meta (name, value) VALUES (?, ?)",
+            [("stats_columns_last", "7"), ("stats_columns_filled_to", "3")],
+        )
+    store = SQLiteStorage(str(database))
+    store.ensure_indexes()
+    store.close()
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT seq, session_id = json_extract(doc, '$.session_id'), session_id FROM events "
+            "ORDER BY seq"
+        ).fetchall()
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert [row[2] for row in rows[:3]] == ["filled before"] * 3, "not done twice"
+    assert all(row[1] == 1 for row in rows[3:]) and len(rows) == 7

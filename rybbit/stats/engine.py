@@ -78,7 +78,10 @@ def getter(dim: Dimension, plan: Plan) -> Getter:
     if dim.kind == "prop":
         return lambda event, session: prop_value(event.get("properties"), where)
     if name == "event:name":
-        return lambda event, session: event.get("event_name") or event.get("type")
+        # As SQL's coalesce(event_name, type): an empty name stays an empty name.
+        return lambda event, session: (
+            event["event_name"] if event.get("event_name") is not None else event.get("type")
+        )
     if dim.kind == "event":
         return lambda event, session: event.get(where)
     if name == "visit:entry_page":

@@ -20,6 +20,7 @@ from . import (
     plugin_loader,
     ratelimit,
     request_log,
+    stats,
     store,
     track,
 )
@@ -52,6 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(batch.bp)
     health.init_app(app)
     admin.init_app(app)
+    stats.init_app(app)
     openapi.init_app(app)
     cli.init_app(app)
     return app

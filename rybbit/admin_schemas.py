@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import zoneinfo
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,6 +13,7 @@ from urllib.parse import urlsplit
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .events import decode_cursor
+from .keys import SCOPES
 from .origins import canonical_origin
 from .schemas import EVENT_TYPES, ZNumber, ZString
 from .site_rules import entry_networks
@@ -84,6 +87,21 @@ class CountryCode(ZString):
         return text
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+class TimeZone(ZString):
+    """An IANA time zone name (``Europe/Berlin``), as the system's zone database knows it."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text not in _zone_names():
+            raise ValidationError("Unknown time zone: use an IANA name such as Europe/Berlin")
+        return text
+
+
 class StrictBool(fields.Boolean):
     default_error_messages = {"invalid": "Expected boolean"}
 
@@ -121,6 +139,7 @@ class SiteCreateSchema(Schema):
     name = ZString(required=True, min_length=1, max_length=100)
     domain = Domain(required=True, max_length=253)
     settings = fields.Nested(SettingsSchema)
+    time_zone = TimeZone(max_length=64)
 
 
 class SiteUpdateSchema(Schema):
@@ -130,11 +149,12 @@ class SiteUpdateSchema(Schema):
     name = ZString(min_length=1, max_length=100)
     domain = Domain(max_length=253)
     settings = fields.Nested(SettingsSchema)
+    time_zone = TimeZone(max_length=64)
 
     @validates_schema
     def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data:
-            raise ValidationError("Nothing to update: give name, domain or settings")
+            raise ValidationError("Nothing to update: give name, domain, settings or time_zone")
 
 
 class UtcDateTime(fields.AwareDateTime):
@@ -155,6 +175,11 @@ class KeyCreateSchema(Schema):
 
     name = ZString(max_length=100, allow_none=True)
     expires_at = UtcDateTime(default_timezone=UTC)
+    # What the key may do (keys.SCOPES); an ingest key unless said otherwise.
+    scopes = fields.List(
+        ZString(validate=validate.OneOf(SCOPES, error="Unknown scope: use ingest or stats:read")),
+        validate=validate.Length(min=1, max=len(SCOPES)),
+    )
 
 
 class KeyRotateSchema(Schema):

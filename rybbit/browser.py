@@ -174,7 +174,7 @@ def _authenticate_identify() -> None:
         key = lookup_cache().get(
             ("key", payload["api_key"]), lambda: keys.find_key(store, payload["api_key"])
         )
-        g.api_key = keys.check_key(key, payload["site_id"])
+        g.api_key = keys.check_ingest_key(key, payload["site_id"])
         request_log.note_key(site, g.api_key)
     else:
         check_origin(site)

@@ -36,12 +36,19 @@ def create_site_command(name: str, domain: str) -> None:
 @keys_cli.command("create")
 @click.argument("site_id")
 @click.option("--name", default=None, help="A label for the key.")
-def create_key_command(site_id: str, name: str | None) -> None:
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(keys.SCOPES),
+    help="What the key may do; repeat for both (default: ingest).",
+)
+def create_key_command(site_id: str, name: str | None, scopes: tuple[str, ...]) -> None:
     """Create an API key for SITE_ID and print it (the only time it is shown) as JSON."""
     store = get_store()
     if sites.find_site(store, site_id) is None:
         raise click.ClickException(f"site {site_id} not found")
-    _echo_json(keys.create_key(store, site_id, name=name))
+    _echo_json(keys.create_key(store, site_id, name=name, scopes=list(scopes) or None))
 
 
 @events_cli.command("export")

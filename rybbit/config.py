@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     # Where the server cannot expire events (FerretDB, embedded store): how often each process
     # deletes expired ones, in the background of a write.
     "EVENT_PURGE_INTERVAL_SECONDS": 600,
+    # POST /api/v2/query: how long one query may run in the store before it is stopped and
+    # answered 503 (a year of a busy site, many dimensions), so none holds a worker for long.
+    "STATS_QUERY_TIMEOUT_SECONDS": 30,
     # Bearer token for /api/admin; unset disables the admin API.
     "ADMIN_TOKEN": None,
     # GET /metrics (Prometheus): served, and requests recorded, unless false; with a token set,

@@ -21,6 +21,12 @@ from .storage import Storage as Store
 log = logging.getLogger(__name__)
 
 KEY_FORMAT = re.compile(r"rb_[0-9a-f]{32}")
+# What a key may do: send events (ingest) and read the site's statistics (stats:read, see
+# rybbit.stats). Keys made before scopes existed have none stored: they are ingest keys.
+INGEST_SCOPE = "ingest"
+STATS_SCOPE = "stats:read"
+SCOPES = (INGEST_SCOPE, STATS_SCOPE)
+DEFAULT_SCOPES = [INGEST_SCOPE]
 PREFIX_LENGTH = 11  # "rb_" and 8 hex digits: enough to tell keys apart in lists and logs
 
 
@@ -36,8 +42,18 @@ def key_prefix(api_key: str) -> str:
     return api_key[:PREFIX_LENGTH]
 
 
+def scopes_of(doc: dict[str, Any]) -> list[str]:
+    """A key's scopes (a key stored without any is an ingest key, as all keys once were)."""
+    scopes = doc.get("scopes")
+    return list(scopes) if scopes else list(DEFAULT_SCOPES)
+
+
 def create_key(
-    store: Store, site_id: str, name: str | None = None, expires_at: datetime | None = None
+    store: Store,
+    site_id: str,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+    scopes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Store a new key for ``site_id``; the returned dict is the only place the key appears."""
     api_key = generate_key()
@@ -51,6 +67,7 @@ def create_key(
         "last_used_at": None,
         "revoked_at": None,
         "expires_at": expires_at,
+        "scopes": [scope for scope in SCOPES if scope in (scopes or DEFAULT_SCOPES)],
     }
     store.insert_key(doc)
     return {"id": doc["_id"], "api_key": api_key, **_public_fields(doc)}
@@ -75,7 +92,7 @@ def rotate_key(
     old = store.find_key(key_id, site_id)
     if old is None or old.get("revoked_at") is not None or _expired(old, datetime.now(UTC)):
         return None
-    new = create_key(store, site_id, name=old.get("name"))
+    new = create_key(store, site_id, name=old.get("name"), scopes=scopes_of(old))
     ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
     current = old.get("expires_at")
     if current is None or current > ends:
@@ -93,6 +110,14 @@ def find_key(store: Store, api_key: str) -> dict[str, Any] | None:
     if not KEY_FORMAT.fullmatch(api_key):
         return None
     return store.find_key_by_hash(hash_key(api_key))
+
+
+def check_ingest_key(doc: dict[str, Any] | None, site_id: str) -> dict[str, Any]:
+    """``doc`` if it is a live key of ``site_id`` that may send events; else a 403 ApiError."""
+    doc = check_key(doc, site_id)
+    if INGEST_SCOPE not in scopes_of(doc):
+        raise ApiError(403, "This API key may not send events (it lacks the ingest scope)")
+    return doc
 
 
 def check_key(doc: dict[str, Any] | None, site_id: str) -> dict[str, Any]:
@@ -121,6 +146,7 @@ def _public_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "last_used_at": doc.get("last_used_at"),
         "revoked_at": doc.get("revoked_at"),
         "expires_at": doc.get("expires_at"),
+        "scopes": scopes_of(doc),
     }
 
 

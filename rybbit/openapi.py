@@ -12,7 +12,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from .admin_schemas import (
     CountryCode,
@@ -28,6 +28,7 @@ from .admin_schemas import (
     SiteUpdateSchema,
 )
 from .browser import TRACKING_SETTINGS, IdentifySchema, Traits
+from .keys import SCOPES
 from .schemas import (
     BrowserTrackEventSchema,
     ClientTime,
@@ -38,6 +39,7 @@ from .schemas import (
     ZNumber,
     ZString,
 )
+from .stats.query_schema import QuerySchema
 
 bp = Blueprint("openapi", __name__)
 EXTENSION_KEY = "rybbit.openapi"
@@ -83,6 +85,7 @@ class Site(Schema):
     name = fields.String(required=True)
     domain = fields.String(required=True)
     settings = fields.Nested(SettingsSchema, required=True)
+    time_zone = fields.String(required=True, metadata={"description": "IANA name; default UTC"})
     created_at = fields.DateTime(required=True)
 
 
@@ -99,6 +102,11 @@ class ApiKey(Schema):
     last_used_at = fields.DateTime(allow_none=True)
     revoked_at = fields.DateTime(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(SCOPES)),
+        required=True,
+        metadata={"description": "ingest: send events; stats:read: POST /api/v2/query"},
+    )
 
 
 class ApiKeyCreated(ApiKey):
@@ -127,6 +135,29 @@ class PluginInfo(Schema):
 
 class PluginList(Schema):
     plugins = fields.List(fields.Nested(PluginInfo), required=True)
+
+
+class StatsRow(Schema):
+    metrics = fields.List(
+        fields.Raw(), required=True, metadata={"description": "In the query's metrics order"}
+    )
+    dimensions = fields.List(
+        fields.Raw(), required=True, metadata={"description": "In the query's dimensions order"}
+    )
+
+
+class StatsMeta(Schema):
+    time_labels = fields.List(fields.String())
+    total_rows = fields.Integer()
+
+
+class StatsAnswer(Schema):
+    results = fields.List(fields.Nested(StatsRow), required=True)
+    meta = fields.Nested(StatsMeta, required=True)
+    query = fields.Dict(
+        required=True,
+        metadata={"description": "The query as run: defaults filled in, dates resolved"},
+    )
 
 
 class SiteDeleted(Schema):
@@ -273,9 +304,19 @@ def build_spec() -> dict[str, Any]:
         PluginList,
         BatchResult,
         EventsPage,
+        QuerySchema,
+        StatsAnswer,
     ):
         spec.components.schema(schema.__name__, schema=schema)
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "statsKey",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key of the site with the stats:read scope",
+        },
+    )
     spec.components.security_scheme(
         "apiKey",
         {
@@ -306,6 +347,29 @@ def build_spec() -> dict[str, Any]:
         },
     }
     spec.path(path="/api/track", operations={"post": track})
+    spec.path(
+        path="/api/v2/query",
+        operations={
+            "post": {
+                "summary": "Query a site's statistics (Plausible's Stats API v2 shape)",
+                "description": "See docs/stats.md for metrics, dimensions, filters and date "
+                "ranges. Errors name the field (#/metrics/1: Unknown metric 'foo').",
+                "tags": ["stats"],
+                "security": [{"statsKey": []}, {"adminToken": []}],
+                "requestBody": _json_body("QuerySchema"),
+                "responses": {
+                    "200": _reply("The rows, meta and the query as run", "StatsAnswer"),
+                    "400": _reply(
+                        "Invalid query: the error names the field", "InvalidPayloadError"
+                    ),
+                    "401": _reply("No Bearer credential", "Error"),
+                    "403": _reply("Not a key of the site with the stats:read scope", "Error"),
+                    "404": _NO_SITE,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+    )
     spec.path(path="/track", operations={"post": {**track, "summary": "Alias of /api/track"}})
     config = {
         "summary": "What Rybbit's browser SDK should record on the site (its settings)",

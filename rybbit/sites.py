@@ -38,8 +38,15 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
+DEFAULT_TIME_ZONE = "UTC"
+
+
 def create_site(
-    store: Store, name: str, domain: str, settings: dict[str, Any] | None = None
+    store: Store,
+    name: str,
+    domain: str,
+    settings: dict[str, Any] | None = None,
+    time_zone: str = DEFAULT_TIME_ZONE,
 ) -> dict[str, Any]:
     """Insert a site with the next free numeric id and return it."""
     # The id is the document's _id, unique on every store; racing creators retry.
@@ -51,6 +58,8 @@ def create_site(
             "name": name,
             "domain": domain,
             "settings": {**DEFAULT_SETTINGS, **(settings or {})},
+            # IANA name; the days and hours of the site's statistics (rybbit.stats).
+            "time_zone": time_zone,
             "created_at": datetime.now(UTC),
             "deleted_at": None,
             # Secret for salt_user_ids; never shown by the API.
@@ -157,11 +166,17 @@ def settings_of(site: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULT_SETTINGS, **site.get("settings", {})}
 
 
+def time_zone_of(site: dict[str, Any]) -> str:
+    """The site's time zone (sites made before the setting: UTC)."""
+    return str(site.get("time_zone") or DEFAULT_TIME_ZONE)
+
+
 def public_site(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "site_id": doc["_id"],
         "name": doc["name"],
         "domain": doc["domain"],
+        "time_zone": time_zone_of(doc),
         "settings": settings_of(doc),
         "created_at": doc["created_at"],
     }

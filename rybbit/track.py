@@ -49,7 +49,7 @@ def authenticate(
         raise ApiError(404, "Site not found")
     credentials.check_agreement(payload, bearer)
     key = cache.get(("key", api_key), lambda: keys.find_key(store, api_key))
-    key = keys.check_key(key, site_id)
+    key = keys.check_ingest_key(key, site_id)
     request_log.note_key(site, key)
     return site, key
 

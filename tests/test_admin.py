@@ -230,7 +230,7 @@ class TestSites:
         response = admin("PATCH", f"/sites/{site['site_id']}", {})
         assert response.status_code == 400
         assert response.get_json()["details"]["formErrors"] == [
-            "Nothing to update: give name, domain or settings"
+            "Nothing to update: give name, domain, settings or time_zone"
         ]
 
     @pytest.mark.parametrize(
@@ -376,6 +376,7 @@ class TestKeys:
                 "last_used_at",
                 "revoked_at",
                 "expires_at",
+                "scopes",
             }
         text = json.dumps(listed)
         assert created["api_key"] not in text and second["api_key"] not in text

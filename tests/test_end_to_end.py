@@ -187,3 +187,34 @@ def test_admin_changes_reach_every_worker_within_the_cache_period(service: Servi
     assert {r.json().get("message") for r in filtered} == {"Event not tracked - IP excluded"}
     stored = service.flask("events", "export", site["site_id"]).splitlines()
     assert len(stored) == 80, "only the accepted events were stored"
+
+
+def test_stats_query_reads_its_own_writes_through_gunicorn(service: Service) -> None:
+    """Under gunicorn's workers (gevent by default: the embedded store's query runs in the
+    hub's thread pool), over one connection, a key with both scopes sends events and reads
+    them back at once."""
+    site = json.loads(service.flask("sites", "create", "--name", "S", "--domain", "s.example"))
+    key = json.loads(
+        service.flask(
+            "keys", "create", site["site_id"], "--scope", "ingest", "--scope", "stats:read"
+        )
+    )["api_key"]
+    session = requests.Session()
+    for path in ("/a", "/b", "/a"):
+        body = {"api_key": key, "site_id": site["site_id"], "pathname": path}
+        assert session.post(f"{service.base_url}/api/track", json=body, timeout=10).ok
+    query = {
+        "site_id": site["site_id"],
+        "metrics": ["pageviews", "visits"],
+        "date_range": "day",
+        "dimensions": ["event:page"],
+    }
+    response = session.post(
+        f"{service.base_url}/api/v2/query",
+        json=query,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    rows = {tuple(r["dimensions"]): r["metrics"] for r in response.json()["results"]}
+    assert rows == {("/a",): [2, 1], ("/b",): [1, 1]}

@@ -86,3 +86,19 @@ def test_browser_routes_are_described_with_their_validators(document: dict[str, 
     config = schemas["TrackingConfig"]
     assert set(config["required"]) == set(TrackingConfig().fields)
     assert {"trackInitialPageView", "webVitals", "sessionReplay"} <= set(config["required"])
+
+
+def test_stats_query_is_described_with_its_validator(document: dict[str, Any]) -> None:
+    from rybbit.stats.query_schema import METRICS, QuerySchema
+
+    operation = document["paths"]["/api/v2/query"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/QuerySchema"
+    }
+    assert operation["security"] == [{"statsKey": []}, {"adminToken": []}]
+    described = document["components"]["schemas"]["QuerySchema"]
+    assert set(described["properties"]) == set(QuerySchema().fields)
+    assert described["properties"]["metrics"]["items"]["enum"] == list(METRICS)
+    assert set(described["required"]) == {"site_id", "metrics", "date_range"}
+    key = document["components"]["schemas"]["ApiKey"]
+    assert "scopes" in key["required"]

@@ -14,7 +14,8 @@ a key revoked or a site deleted by another worker during the outage keeps workin
 until the store answers again. After a failed read the store is not asked again for
 ``PROBE_SECONDS``: requests meanwhile get the last answer at once (or, if there is none, a 503
 at once) rather than each waiting out MongoDB's timeout; the first request after that asks
-again.
+again. Likewise, while one thread reads a key's document again, the others use the one it
+replaces (when stale answers are allowed at all) instead of all waiting on the same read.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class LookupCache:
             LRUCache(max_misses) if stale_seconds > 0 else None
         )
         self._down_until = 0.0  # no read before this (monotonic) after a failed one
+        self._loading: set[Hashable] = set()  # keys being read again by some thread
         self._lock = threading.Lock()  # LRUCache is not thread-safe
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
@@ -70,15 +72,26 @@ class LookupCache:
                 return entry[0]
             if now < self._down_until:  # the store failed a moment ago: do not wait on it
                 return self._last_answer(key, now, None)
+            if entry is not None and key in self._loading and self.stale_seconds > 0:
+                # Another thread is reading it again: the document it replaces meanwhile,
+                # rather than every request waiting on the same read (or on a dead store).
+                return entry[0]
             if self._down_until:
                 self._down_until = now + self.probe_seconds  # this request probes; others wait
+            self._loading.add(key)
         try:
             found = load()  # outside the lock: a store round trip must not block other threads
         except StoreUnavailable as exc:
             with self._lock:
+                self._loading.discard(key)
                 self._down_until = time.monotonic() + self.probe_seconds
                 return self._last_answer(key, now, exc)
+        except BaseException:
+            with self._lock:
+                self._loading.discard(key)
+            raise
         with self._lock:
+            self._loading.discard(key)
             self._down_until = 0.0
             if found is not None:
                 self._found[key] = (found, now)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import requests
 
 from rybbit.events import idempotent_id
@@ -54,6 +55,15 @@ def wait_until_stored(mongo_uri: str, site_id: str, event_ids: set[str], seconds
             break
         time.sleep(0.25)
     return stored
+
+
+def without_session(mongo_uri: str, site_id: str) -> int:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri)
+    try:
+        events = client.get_default_database()["events"]
+        return int(events.count_documents({"site_id": site_id, "session_id": None}))
+    finally:
+        client.close()
 
 
 def sent_ids(load: RetryingClient) -> set[str]:
@@ -122,6 +132,10 @@ def test_mongodb_killed_for_10_s_under_load_every_request_still_gets_200(
         assert metric(service, "rybbit_spool_shipped_total") == len(load.acked)
         assert metric(service, "rybbit_spool_backlog_events") == 0
         assert metric(service, "rybbit_spool_refused_total") == 0
+        # Sessions are resolved at shipping time: the outage made them retry with their
+        # batch, never ship an event without one, nor dead-letter it.
+        assert without_session(mongo_uri, site_id) == 0
+    assert not (tmp_path / "instance" / "spool" / "dead-letter.jsonl").exists()
 
 
 def test_master_and_workers_killed_then_restarted_ship_every_acknowledged_event_once(

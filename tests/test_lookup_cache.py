@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import create_app, delivery, keys, sites
+from rybbit.lookup_cache import lookup_cache
 from rybbit.store import get_store
 from tests.conftest import ferretdb_process, free_port
 
@@ -139,3 +142,39 @@ def test_while_the_store_is_down_the_last_answers_are_served_for_a_bounded_time(
         time.sleep(0.1)
     assert time.monotonic() - killed_at > 3
     assert track(client, site["site_id"], key) == 503
+
+
+def test_a_frozen_store_is_waited_on_by_one_request_the_others_get_the_last_answer(
+    outage_app: tuple[Flask, Any],
+) -> None:
+    app, server = outage_app
+    # A read stuck on a frozen server can take several times MONGO_TIMEOUT_MS (pymongo's pool
+    # and monitor wait in turn): the bound on stale answers is not what this test is about.
+    lookup_cache(app).stale_seconds = 60
+    with app.app_context():
+        store = get_store()
+        site = sites.create_site(store, name="Frozen", domain="frozen.example")
+        key = keys.create_key(store, site["site_id"])["api_key"]
+    assert track(app.test_client(), site["site_id"], key) == 200
+    server.send_signal(signal.SIGSTOP)  # reads now hang until MongoDB's timeout
+    try:
+        time.sleep(CACHE_SECONDS + 0.1)
+        results: list[tuple[int, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            status = track(app.test_client(), site["site_id"], key)
+            results.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)  # the first one is reading the site again by now
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert [status for status, _ in results] == [200] * 8
+    # One request waits on the site's read, one on the key's; the others answer at once.
+    slow = [elapsed for _, elapsed in results if elapsed > 0.25]
+    assert len(slow) <= 2, results

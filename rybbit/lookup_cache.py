@@ -14,8 +14,10 @@ a key revoked or a site deleted by another worker during the outage keeps workin
 until the store answers again. After a failed read the store is not asked again for
 ``PROBE_SECONDS``: requests meanwhile get the last answer at once (or, if there is none, a 503
 at once) rather than each waiting out MongoDB's timeout; the first request after that asks
-again. Likewise, while one thread reads a key's document again, the others use the one it
-replaces (when stale answers are allowed at all) instead of all waiting on the same read.
+again. Likewise, when a document expires, one thread reads it again and the others needing
+it wait for that answer; if it takes longer than ``PATIENCE_SECONDS`` (a store slow or
+frozen), they go on with the document it replaces (stale answers allowed) rather than every
+request waiting on the same read.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ from .store_errors import StoreUnavailable
 
 EXTENSION_KEY = "rybbit.lookup_cache"
 PROBE_SECONDS = 1.0
+# How long a request waits for another thread's read of the same document before it takes the
+# document that read replaces (stale answers allowed): far above a healthy store's answer.
+PATIENCE_SECONDS = 0.25
+
+
+class _Flight:
+    """A read in progress; the threads that need the same document wait for its answer."""
+
+    __slots__ = ("done", "found", "failed")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.found: Any = None
+        self.failed = False
 
 
 class LookupCache:
@@ -45,10 +61,12 @@ class LookupCache:
         max_entries: int = 100_000,
         max_misses: int = 10_000,
         probe_seconds: float = PROBE_SECONDS,
+        patience: float = PATIENCE_SECONDS,
     ) -> None:
         self.seconds = seconds
         self.stale_seconds = stale_seconds
         self.probe_seconds = probe_seconds
+        self.patience = patience
         keep = seconds > 0 or stale_seconds > 0
         # key -> (document, monotonic time it was read). Misses apart, and fewer: a flood of
         # unknown keys must not push the known documents out.
@@ -59,39 +77,47 @@ class LookupCache:
             LRUCache(max_misses) if stale_seconds > 0 else None
         )
         self._down_until = 0.0  # no read before this (monotonic) after a failed one
-        self._loading: set[Hashable] = set()  # keys being read again by some thread
+        self._flights: dict[Hashable, _Flight] = {}  # reads in progress, by key
         self._lock = threading.Lock()  # LRUCache is not thread-safe
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
         if self._found is None:
             return load()
         now = time.monotonic()
+        mine: _Flight | None = None
         with self._lock:
             entry = self._found.get(key)
             if entry is not None and now - entry[1] < self.seconds:
                 return entry[0]
             if now < self._down_until:  # the store failed a moment ago: do not wait on it
                 return self._last_answer(key, now, None)
-            if entry is not None and key in self._loading and self.stale_seconds > 0:
-                # Another thread is reading it again: the document it replaces meanwhile,
-                # rather than every request waiting on the same read (or on a dead store).
+            flight = self._flights.get(key)
+            if flight is None:
+                mine = self._flights[key] = _Flight()
+                if self._down_until:
+                    self._down_until = now + self.probe_seconds  # this one probes
+        if mine is None and flight is not None and entry is not None and self.stale_seconds > 0:
+            # Another thread is reading it again: its answer, unless the store is slow to
+            # give it; then the document it replaces (rather than every request waiting on
+            # the same read, or on a store that stopped answering).
+            if not flight.done.wait(self.patience):
                 return entry[0]
-            if self._down_until:
-                self._down_until = now + self.probe_seconds  # this request probes; others wait
-            self._loading.add(key)
+            if not flight.failed:
+                return flight.found
+            with self._lock:
+                return self._last_answer(key, now, None)
         try:
             found = load()  # outside the lock: a store round trip must not block other threads
         except StoreUnavailable as exc:
             with self._lock:
-                self._loading.discard(key)
+                self._land(key, mine, None, failed=True)
                 self._down_until = time.monotonic() + self.probe_seconds
                 return self._last_answer(key, now, exc)
         except BaseException:
             with self._lock:
-                self._loading.discard(key)
+                self._land(key, mine, None, failed=True)
             raise
         with self._lock:
-            self._loading.discard(key)
             self._down_until = 0.0
             if found is not None:
                 self._found[key] = (found, now)
@@ -101,7 +127,17 @@ class LookupCache:
                 self._found.pop(key, None)
                 if self._missing is not None:
                     self._missing[key] = now
+            self._land(key, mine, found, failed=False)
         return found
+
+    def _land(self, key: Hashable, flight: _Flight | None, found: Any, failed: bool) -> None:
+        """Hand a finished read to the threads waiting on it (lock held)."""
+        if flight is None:
+            return
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.found, flight.failed = found, failed
+        flight.done.set()
 
     def _last_answer(self, key: Hashable, now: float, error: StoreUnavailable | None) -> Any:
         """The last answer the store gave for ``key`` if it is recent enough (lock held);

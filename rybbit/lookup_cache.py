@@ -96,7 +96,12 @@ class LookupCache:
                 mine = self._flights[key] = _Flight()
                 if self._down_until:
                     self._down_until = now + self.probe_seconds  # this one probes
-        if mine is None and flight is not None and entry is not None and self.stale_seconds > 0:
+        if (
+            mine is None
+            and flight is not None
+            and entry is not None
+            and now - entry[1] < self.seconds + self.stale_seconds
+        ):
             # Another thread is reading it again: its answer, unless the store is slow to
             # give it; then the document it replaces (rather than every request waiting on
             # the same read, or on a store that stopped answering).

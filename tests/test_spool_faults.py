@@ -67,7 +67,8 @@ def without_session(mongo_uri: str, site_id: str) -> int:
 
 
 def sent_ids(load: RetryingClient) -> set[str]:
-    """Every event the load posted at least once (acknowledged or not)."""
+    """Every event a load thread took: posted at least once (acknowledged or not), or about
+    to be when the load stopped; a superset of what may be stored."""
     return set(load.event_ids[: load._next])
 
 

@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
     # How long each process may keep using a site or API key document it read (seconds):
     # revocations and setting changes reach every worker within this time. 0: read each time.
     "AUTH_CACHE_SECONDS": 5,
+    # While the store is unreachable, how much longer (seconds) each process keeps answering
+    # with the last site and key documents (and "no such site/key") it read, so that events
+    # keep being accepted into the spool through an outage; a key revoked meanwhile on another
+    # worker keeps working in this one until the store is back. 0: 503 once they expire.
+    "AUTH_CACHE_STALE_SECONDS": 3600,
     # How often each process writes API keys' last_used_at (seconds); never once per event.
     "KEY_USAGE_FLUSH_SECONDS": 60,
     # Events older than this many days (by their timestamp; fractions allowed) are removed;

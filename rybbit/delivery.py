@@ -119,9 +119,9 @@ class SpooledDelivery:
     def __init__(self, shipping: Shipping, root: str, quota_bytes: int) -> None:
         self.shipping = shipping
         self.spool = Spool(root, quota_bytes)
-        self.shipper = Shipper(root, self.spool, self._deliver)
-        self.shipper.start()
         self._reported = (0, 0, 0)  # shipped, refused, errors: what metrics have been told
+        self.shipper = Shipper(root, self.spool, self._deliver, on_progress=self._report)
+        self.shipper.start()
 
     def accept(self, events: list[Doc]) -> None:
         """Returns once ``events`` are durable in the spool; StoreUnavailable when the spool
@@ -163,10 +163,11 @@ class SpooledDelivery:
                 outcomes[position] = Retry(str(error) or "store unavailable")
             else:
                 outcomes[position] = Refused(str(error))
-        self._report()
         return [outcome if outcome is not None else SHIPPED for outcome in outcomes]
 
     def _report(self) -> None:
+        """Hand metrics what the shipper did since the last call, and the backlog (called by
+        the shipping thread after each attempt, once its counters include it)."""
         stats = self.shipper.stats()
         shipped, refused, errors = self._reported
         metrics.spool_shipped(

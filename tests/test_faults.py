@@ -150,9 +150,18 @@ def test_a_worker_killed_under_load_loses_no_acknowledged_event(
         load.start()
         load.wait_for_acks(100)
         victim = service.worker_processes()[0]
+        # ACK=spool (the default): the victim's acknowledged events may be only in its spool.
+        assert "once in the spool" in service.log_path.read_text()
+        spool = tmp_path / "instance" / "spool"
+        assert [p for p in spool.iterdir() if p.name.startswith(f"{victim}-")]
         os.kill(victim, signal.SIGKILL)
         load.join(120)
         assert victim not in service.worker_processes()
+        # Adopted by a live worker (the one started in its place, at once), shipped, removed.
+        deadline = time.monotonic() + 20
+        while [p for p in spool.iterdir() if p.name.startswith(f"{victim}-")]:
+            assert time.monotonic() < deadline, "the killed worker's spool was not adopted"
+            time.sleep(0.2)
     assert_each_acked_event_stored_once(load, mongo_uri, site_id)
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from rybbit import keys, sites
+from rybbit import create_app, delivery, keys, sites
+from rybbit.lookup_cache import lookup_cache
 from rybbit.store import get_store
+from tests.conftest import ferretdb_process, free_port
 
 TOKEN = "cache-test-admin-token-0123456789abcdef"
 CACHE_SECONDS = 0.5
@@ -81,3 +87,96 @@ def test_expiry_is_judged_on_each_use_even_when_cached(
     while track(client, site["site_id"], old["api_key"]) == 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.fixture
+def outage_app(instance_path: Path, tmp_path: Path) -> Iterator[tuple[Flask, Any]]:
+    """An app (ACK=spool) on a FerretDB of its own, which the test may kill."""
+    port = free_port()
+    with ferretdb_process(tmp_path / "ferretdb", port) as server:
+        app = create_app(
+            {
+                "TESTING": True,
+                "MONGO_URI": f"mongodb://127.0.0.1:{port}/outage",
+                "LOAD_PLUGINS": [],
+                "AUTH_CACHE_SECONDS": CACHE_SECONDS,
+                "AUTH_CACHE_STALE_SECONDS": 3,
+                "MONGO_TIMEOUT_MS": 300,
+                "RATE_LIMIT": "off",
+            }
+        )
+        try:
+            yield app, server
+        finally:
+            delivery.close(app)
+
+
+def test_while_the_store_is_down_the_last_answers_are_served_for_a_bounded_time(
+    outage_app: tuple[Flask, Any],
+) -> None:
+    app, server = outage_app
+    client = app.test_client()
+    with app.app_context():
+        store = get_store()
+        site = sites.create_site(store, name="Outage", domain="outage.example")
+        other = sites.create_site(store, name="Never read", domain="unread.example")
+        key = keys.create_key(store, site["site_id"])["api_key"]
+        unread = keys.create_key(store, other["site_id"])["api_key"]
+    unknown = "rb_" + "b" * 32
+    assert track(client, site["site_id"], key) == 200
+    assert track(client, site["site_id"], unknown) == 403  # a miss, read from the store
+    server.kill()
+    server.wait(10)
+    killed_at = time.monotonic()
+    time.sleep(CACHE_SECONDS + 0.1)  # the documents read are no longer fresh
+    started = time.monotonic()
+    assert track(client, site["site_id"], key) == 200  # the last document: spooled
+    assert track(client, site["site_id"], unknown) == 403  # the last "no such key"
+    # A site never read has no last answer: 503, at once (no new read within a second of
+    # the failed one, so no MongoDB timeout is waited out).
+    assert track(client, other["site_id"], unread) == 503
+    assert time.monotonic() - started < 2.0
+    # Bounded: AUTH_CACHE_STALE_SECONDS (3) past AUTH_CACHE_SECONDS, then 503s.
+    while track(client, site["site_id"], key) == 200:
+        assert time.monotonic() - killed_at < CACHE_SECONDS + 3 + 2
+        time.sleep(0.1)
+    assert time.monotonic() - killed_at > 3
+    assert track(client, site["site_id"], key) == 503
+
+
+def test_a_frozen_store_is_waited_on_by_one_request_the_others_get_the_last_answer(
+    outage_app: tuple[Flask, Any],
+) -> None:
+    app, server = outage_app
+    # A read stuck on a frozen server can take several times MONGO_TIMEOUT_MS (pymongo's pool
+    # and monitor wait in turn): the bound on stale answers is not what this test is about.
+    lookup_cache(app).stale_seconds = 60
+    lookup_cache(app).patience = 0.05  # the wait for another thread's read, before going on
+    with app.app_context():
+        store = get_store()
+        site = sites.create_site(store, name="Frozen", domain="frozen.example")
+        key = keys.create_key(store, site["site_id"])["api_key"]
+    assert track(app.test_client(), site["site_id"], key) == 200
+    server.send_signal(signal.SIGSTOP)  # reads now hang until MongoDB's timeout
+    try:
+        time.sleep(CACHE_SECONDS + 0.1)
+        results: list[tuple[int, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            status = track(app.test_client(), site["site_id"], key)
+            results.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)  # the first one is reading the site again by now
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert [status for status, _ in results] == [200] * 8
+    # One request waits on the site's read, one on the key's; the others answer as soon as
+    # they gave up waiting for those.
+    slow = [elapsed for _, elapsed in results if elapsed > 0.25]
+    assert len(slow) <= 2, results

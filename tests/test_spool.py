@@ -396,6 +396,39 @@ def test_stats_report_the_backlog_while_the_store_is_down(
     assert stats.shipped_total == 0
 
 
+def test_on_progress_sees_each_attempt_counted_failures_and_shipments_alike(
+    root: Path, shippers: list[Shipper]
+) -> None:
+    """What metrics are fed: after every attempt, stats() already includes it (a report made
+    before the counters move would leave the last shipment out until the next one)."""
+    spool = Spool(root, quota_bytes=1 << 30)
+    sink = Sink()
+    sink.failing = True
+    seen: list[tuple[int, int, int]] = []
+    shipper: Shipper | None = None
+
+    def on_progress() -> None:
+        assert shipper is not None
+        stats = shipper.stats()
+        seen.append((stats.shipped_total, stats.ship_errors_total, stats.backlog_events))
+
+    shipper = start(shippers, root, spool, sink, backoff_initial=0.02, on_progress=on_progress)
+    spool.append([record(n) for n in range(7)])
+    deadline = time.monotonic() + 5
+    while not any(errors >= 2 for _, errors, _ in seen):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert seen[-1][0] == 0 and seen[-1][2] == 7
+    sink.failing = False
+    assert shipper.flush(5)
+    deadline = time.monotonic() + 5
+    while seen[-1][0] != 7:  # reported without any further shipment
+        assert time.monotonic() < deadline, seen[-3:]
+        time.sleep(0.01)
+    assert seen[-1][2] == 0
+    assert seen[-1][1] == len(sink.calls) - 1  # every failed delivery, counted once
+
+
 # Ownership and adoption (same process; real crashes are in test_spool_crash.py) -----------
 
 

@@ -192,6 +192,7 @@ class Shipper:
         idle_poll: float = 0.5,
         linger: float = 0.02,
         dead_letter_path: str | os.PathLike[str] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self._deliver = deliver
@@ -203,6 +204,9 @@ class Shipper:
         self.idle_poll = idle_poll
         self.linger = linger
         self.dead_letters = DeadLetterFile(dead_letter_path or self.root / DEAD_LETTER_NAME)
+        # Called by the shipping thread after each attempt (shipped, failed or idle), once the
+        # counters and the backlog include it: metrics read stats() there.
+        self._on_progress = on_progress
         self._own = _Source(own_spool.directory, own_spool) if own_spool is not None else None
         self._adopted: list[_Source] = []
         self._uncounted: list[_Source] = []
@@ -310,6 +314,7 @@ class Shipper:
                 log.exception("spool shipper: unexpected error")
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 outcome = "retry"
+            self._report()
             if outcome == "progress":
                 backoff = self.backoff_initial
                 continue
@@ -322,6 +327,14 @@ class Shipper:
             self._wake.wait(self.idle_poll)
             self._wake.clear()
             self._linger()
+
+    def _report(self) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress()
+        except Exception:  # metrics must never stop shipping
+            log.exception("spool shipper: on_progress failed")
 
     def _linger(self) -> None:
         """Let a trickle of new records gather into one delivery (one store round trip for

@@ -84,11 +84,11 @@ def test_processes_share_one_exact_count(uri: str) -> None:
 def test_a_forked_process_opens_its_own_connection(uri: str) -> None:
     storage = SQLiteStorage(uri)
     storage.acquire_entry("k", 10, 60)
-    opened = storage._connect()
+    opened = storage._state()[0]
     allowed: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()  # type: ignore[type-arg]
 
     def child() -> None:
-        allowed.put((storage._connect() is not opened, storage.acquire_entry("k", 10, 60)))
+        allowed.put((storage._state()[0] is not opened, storage.acquire_entry("k", 10, 60)))
 
     process = multiprocessing.get_context("fork").Process(target=child)
     process.start()

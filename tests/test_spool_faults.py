@@ -175,8 +175,10 @@ def test_master_and_workers_killed_then_restarted_ship_every_acknowledged_event_
         newest = max(dead[0].glob("*.seg"))
         with open(newest, "ab") as segment:
             segment.write(b"\x40\x00\x00\x00torn")
-        # The spools hold at least what was acknowledged while MongoDB was frozen.
-        assert len(load.acked) - len(stored_ids(mongo_uri, site_id)) >= 250  # 300 or so
+        # The spools hold a backlog: most of the ~300 acknowledged while MongoDB was frozen.
+        # Not all: each shipper had one insert sent into the frozen server's socket, with the
+        # records spooled by then, and the server stores those once it runs again.
+        assert len(load.acked) - len(stored_ids(mongo_uri, site_id)) >= 100
 
         with run_service(tmp_path, mongo_uri, workers=2, **env) as restarted:
             stored = wait_until_stored(mongo_uri, site_id, load.acked, 30)

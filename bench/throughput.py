@@ -52,7 +52,10 @@ request = function()
   return wrk.format(nil, nil, nil, bodies[i])
 end
 if pause > 0 then
-  delay = function() return pause end
+  -- Exponentially distributed pauses (mean `pause`): connections do not move in lockstep,
+  -- so arrivals look like many independent clients' (Poisson) rather than bursts of 32.
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  delay = function() return math.floor(-pause * math.log(1 - math.random())) end
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -315,7 +318,8 @@ def main() -> None:
         print(f"    ratio (b)/(a): {b['rps'] / a['rps']:.2f}", flush=True)
 
         # Half of (b)'s saturation rate: each connection pauses between requests (wrk's
-        # delay()), so the offered rate is about connections / (pause + latency).
+        # delay(), random with this mean), so the offered rate is about
+        # connections / (pause + latency).
         connections = args.connections
         target = b["rps"] / 2
         paced = wrk(

@@ -89,6 +89,21 @@ def test_sessions_conditional_changes(store: Any) -> None:
     assert store.list_sessions() == []
 
 
+@pytest.mark.parametrize("asked", [1, 5, 150])
+def test_sessions_found_by_key_however_many_are_asked(store: Any, asked: int) -> None:
+    """One visitor or a shipment's hundreds (MongoDB answers by $in; FerretDB by one query
+    per key below a hundred, by $in above)."""
+    docs = [
+        {"_id": f"v{n}", "session_id": f"s{n}", "started_at": T0, "last_seen": T0}
+        for n in range(300)
+    ]
+    store.insert_sessions(docs)
+    keys = [f"v{n}" for n in range(0, 2 * asked, 2)] + ["unknown"]
+    found = store.find_sessions(keys)
+    assert sorted(found) == sorted(keys[:-1])
+    assert all(found[f"v{n}"]["session_id"] == f"s{n}" for n in range(0, 2 * asked, 2))
+
+
 def test_events_pages_counts_and_deletes(store: Any) -> None:
     events = [
         {"site_id": s, "type": t, "timestamp": T0 + timedelta(seconds=n), "n": n}

@@ -28,8 +28,8 @@ from typing import Any
 from limits.storage import MovingWindowSupport, Storage
 
 SCHEME = "sqlite"
-_PURGE_SECONDS = 60.0
-_CREATION = threading.Lock()  # how often a process deletes the rows of windows long past
+_PURGE_SECONDS = 60.0  # how often a process deletes the rows of windows long past
+_CREATION = threading.Lock()  # see SQLiteStorage._state
 
 _SCHEMA = (
     # One row per hit of the moving window; ``expires`` lets a purge drop rows of any limit.

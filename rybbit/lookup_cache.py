@@ -42,12 +42,13 @@ PATIENCE_SECONDS = 0.25
 class _Flight:
     """A read in progress; the threads that need the same document wait for its answer."""
 
-    __slots__ = ("done", "found", "failed")
+    __slots__ = ("done", "found", "failed", "unreachable")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.found: Any = None
         self.failed = False
+        self.unreachable = False  # failed because the store is unreachable (StoreUnavailable)
 
 
 class LookupCache:
@@ -109,13 +110,15 @@ class LookupCache:
                 return entry[0]
             if not flight.failed:
                 return flight.found
-            with self._lock:
-                return self._last_answer(key, now, None)
+            if flight.unreachable:
+                with self._lock:
+                    return self._last_answer(key, now, None)
+            # The read failed otherwise (not an outage): no stale answer, a read of its own.
         try:
             found = load()  # outside the lock: a store round trip must not block other threads
         except StoreUnavailable as exc:
             with self._lock:
-                self._land(key, mine, None, failed=True)
+                self._land(key, mine, None, failed=True, unreachable=True)
                 self._down_until = time.monotonic() + self.probe_seconds
                 return self._last_answer(key, now, exc)
         except BaseException:
@@ -135,13 +138,20 @@ class LookupCache:
             self._land(key, mine, found, failed=False)
         return found
 
-    def _land(self, key: Hashable, flight: _Flight | None, found: Any, failed: bool) -> None:
+    def _land(
+        self,
+        key: Hashable,
+        flight: _Flight | None,
+        found: Any,
+        failed: bool,
+        unreachable: bool = False,
+    ) -> None:
         """Hand a finished read to the threads waiting on it (lock held)."""
         if flight is None:
             return
         if self._flights.get(key) is flight:
             del self._flights[key]
-        flight.found, flight.failed = found, failed
+        flight.found, flight.failed, flight.unreachable = found, failed, unreachable
         flight.done.set()
 
     def _last_answer(self, key: Hashable, now: float, error: StoreUnavailable | None) -> Any:

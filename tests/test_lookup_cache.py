@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import create_app, delivery, keys, sites
-from rybbit.lookup_cache import lookup_cache
+from rybbit.lookup_cache import LookupCache, lookup_cache
 from rybbit.store import get_store
 from tests.conftest import ferretdb_process, free_port
 
@@ -180,3 +180,39 @@ def test_a_frozen_store_is_waited_on_by_one_request_the_others_get_the_last_answ
     # they gave up waiting for those.
     slow = [elapsed for _, elapsed in results if elapsed > 0.25]
     assert len(slow) <= 2, results
+
+
+def test_a_read_failing_otherwise_than_an_outage_gives_waiters_no_stale_answer() -> None:
+    """Only an unreachable store justifies the last known document: when the thread reading
+    a key again fails for another reason, the threads that waited on it read for themselves
+    (a revoked key must not be served for an hour because of one odd error)."""
+    cache = LookupCache(seconds=0.01, stale_seconds=3600)
+    assert cache.get("key", lambda: {"revoked": False}) == {"revoked": False}
+    time.sleep(0.02)  # expired: the next get reads again
+    reading, release = threading.Event(), threading.Event()
+
+    def failing_read() -> Any:
+        reading.set()
+        release.wait(5)
+        raise RuntimeError("not an outage")
+
+    failures: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            cache.get("key", failing_read)
+        except RuntimeError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert reading.wait(5)
+    answers: list[Any] = []
+    waiter = threading.Thread(target=lambda: answers.append(cache.get("key", lambda: None)))
+    waiter.start()
+    time.sleep(0.05)  # the waiter is waiting on the first read (patience 0.25 s)
+    release.set()
+    thread.join(5)
+    waiter.join(5)
+    assert len(failures) == 1
+    assert answers == [None], "the waiter read the store itself: the key is gone"

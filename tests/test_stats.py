@@ -421,6 +421,19 @@ def test_a_site_without_events_answers_zeros(client: FlaskClient, app: Flask) ->
         ({"colour": "red"}, "#/colour: Unknown field 'colour'"),
         ({"metrics": ["percentage"]}, "#/metrics: Metric 'percentage' needs a dimension"),
         ({"include": {"time_labels": True}}, "#/include/time_labels: Needs a time dimension"),
+        # Ranges a calendar cannot hold in every time zone, or too long to bucket (were 500s
+        # or minutes of CPU before the query's time limit starts).
+        ({"date_range": ["9999-12-31", "9999-12-31"]}, "#/date_range: Dates must fall in"),
+        (
+            {"date_range": ["0001-01-01T00:00:00+01:00", "0001-01-02T00:00:00Z"]},
+            "#/date_range: Dates must fall in",
+        ),
+        ({"date_range": ["2000-01-01", "2020-01-01"]}, "#/date_range: A date range spans"),
+        # Past SQLite's expression limits (was a 503 "store unavailable" on the embedded store).
+        (
+            {"filters": [["or", [["contains", "event:page", ["x"] * 100]] * 11]]},
+            "#/filters: Filters hold at most 500 values",
+        ),
     ],
 )
 def test_mistakes_are_400_naming_the_field(
@@ -432,6 +445,14 @@ def test_mistakes_are_400_naming_the_field(
     answer = response.get_json()
     assert answer["success"] is False and answer["error"].startswith(message), answer
     assert answer["details"]["fieldErrors"]
+
+
+def test_a_site_id_reads_as_track_reads_it(client: FlaskClient, site: dict[str, Any]) -> None:
+    """Digits name the site of that number ("01" is site 1), a JSON number too."""
+    for site_id in (f"0{site['site_id']}", int(site["site_id"])):
+        body = {"site_id": site_id, "metrics": ["visitors"], "date_range": "7d"}
+        response = client.post("/api/v2/query", json=body, headers=ADMIN)
+        assert response.status_code == 200, response.get_json()
 
 
 def test_unknown_site_is_404(client: FlaskClient) -> None:

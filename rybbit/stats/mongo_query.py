@@ -12,6 +12,7 @@ docs/stats.md for its cost.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pymongo.errors
@@ -55,6 +56,9 @@ def pipeline(plan: Plan) -> list[dict[str, Any]]:
 def run(store: MongoStorage, plan: Plan, timeout: float) -> Groups:
     """The plan's groups; the server stops the pipeline after ``timeout`` seconds."""
     events = []
+    # The server's maxTimeMS bounds the pipeline; this bounds the reading of its answer here
+    # too, so a long period of a busy site ends in the documented 503, not a killed worker.
+    deadline = time.monotonic() + timeout
     try:
         with store.op():
             cursor = store.events.aggregate(
@@ -66,6 +70,9 @@ def run(store: MongoStorage, plan: Plan, timeout: float) -> Groups:
             for doc in cursor:
                 doc["ts"] = to_ms(doc.pop("timestamp"))
                 events.append(doc)
+                if len(events) % 10_000 == 0 and time.monotonic() > deadline:
+                    cursor.close()
+                    raise timed_out(timeout)
     except StoreUnavailable as exc:
         if isinstance(exc.__cause__, pymongo.errors.ExecutionTimeout):
             raise timed_out(timeout) from exc

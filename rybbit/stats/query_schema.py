@@ -15,6 +15,7 @@ import re2
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..errors import ApiError
+from ..schemas import NUMERIC_SITE_ID
 from . import dimensions
 from .date_range import RELATIVE
 
@@ -34,6 +35,13 @@ OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not
 LOGICAL = ("and", "or", "not")
 MAX_CLAUSES = 100
 MAX_FILTER_DEPTH = 8
+# Values of all the filters of one query together: each becomes a term (and a bound
+# parameter) of one SQL expression, and SQLite refuses expressions past 1000 terms deep.
+MAX_FILTER_VALUES = 500
+# Custom date ranges: years a calendar and every time zone can hold, and at most ten years
+# (a time dimension's buckets and labels grow with the span).
+YEARS = range(1970, 2201)
+MAX_RANGE_DAYS = 3660
 MAX_PATTERN = 256
 MAX_LIMIT = 10_000
 _RE2_OPTIONS = re2.Options()
@@ -129,6 +137,7 @@ def _check_date_range(value: Any) -> None:
             raise ValidationError("Invalid date") from None
         if start > end:
             raise ValidationError("The range ends before it starts")
+        _check_span(start, end)
         return
     try:
         moments = [datetime.fromisoformat(v.replace("Z", "+00:00")) for v in value]
@@ -141,6 +150,23 @@ def _check_date_range(value: Any) -> None:
         raise ValidationError("Date-times need a time and a UTC offset (2026-01-01T00:00:00Z)")
     if moments[0] >= moments[1]:
         raise ValidationError("The range ends before it starts")
+    _check_span(moments[0].date(), moments[1].date())
+
+
+def _check_span(start: date, end: date) -> None:
+    if start.year not in YEARS or end.year not in YEARS:
+        raise ValidationError(f"Dates must fall in the years {YEARS[0]} to {YEARS[-1]}")
+    if (end - start).days >= MAX_RANGE_DAYS:
+        raise ValidationError(f"A date range spans at most {MAX_RANGE_DAYS} days")
+
+
+def _filter_values(value: Any) -> int:
+    """How many values a (valid) filter holds, through its and/or/not."""
+    if value[0] in ("and", "or"):
+        return sum(_filter_values(child) for child in value[1])
+    if value[0] == "not":
+        return _filter_values(value[1])
+    return len(value[2])
 
 
 class _DateRange(fields.Field):
@@ -278,6 +304,10 @@ class QuerySchema(Schema):
                 raise ValidationError(
                     {"order_by": {index: [f"'{name}' is neither a queried metric nor dimension"]}}
                 )
+        if sum(_filter_values(each) for each in data.get("filters", [])) > MAX_FILTER_VALUES:
+            raise ValidationError(
+                {"filters": [f"Filters hold at most {MAX_FILTER_VALUES} values in all"]}
+            )
         include = data.get("include") or {}
         if include.get("time_labels") and not any(name.startswith("time") for name in dims):
             raise ValidationError({"include": {"time_labels": ["Needs a time dimension"]}})
@@ -288,8 +318,11 @@ _schema = QuerySchema()
 
 def load_query(body: dict[str, Any]) -> Query:
     """The query in ``body``; a 400 ApiError naming the first mistake otherwise."""
-    if isinstance(body.get("site_id"), int) and not isinstance(body["site_id"], bool):
-        body = {**body, "site_id": str(body["site_id"])}  # Rybbit's numeric ids, as /api/track
+    site_id = body.get("site_id")
+    if isinstance(site_id, int) and not isinstance(site_id, bool):
+        body = {**body, "site_id": str(site_id)}  # Rybbit's numeric ids, as /api/track
+    elif isinstance(site_id, str) and NUMERIC_SITE_ID.fullmatch(site_id) and len(site_id) < 256:
+        body = {**body, "site_id": str(int(site_id))}  # "01" is site 1, as /api/track reads it
     try:
         data = _schema.load(body)
     except ValidationError as exc:

@@ -37,6 +37,7 @@ from functools import partial
 from typing import Any
 
 import h11
+from gunicorn import util as gunicorn_util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -280,3 +281,20 @@ class BufferedThreadWorker(ThreadWorker):
         now = time.monotonic()
         while self._arriving and (not self.alive or self._arriving[0].deadline <= now):
             self._drop(self._arriving[0])
+
+
+def answer_errors_as_json() -> None:
+    """gunicorn answers a request it cannot parse (a bad request line, a header past its
+    limits, a broken chunk) with an HTML page of its own, in any worker class. This process's
+    gunicorn answers them in the contract's error shape instead: every response of the service
+    is JSON. Called once per worker (gunicorn.conf.py's post_worker_init); gunicorn has no
+    setting for it, so its one error writer is replaced here."""
+    gunicorn_util.write_error = _write_json_error
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn.util.write_error's replacement. ``mesg`` echoes the client's bytes, so only
+    the status's reason phrase is said."""
+    phrase = reason[:1] + reason[1:].lower()  # "Bad Request" -> "Bad request"
+    status = f"{status_int} {reason}"
+    sock.sendall(_refusal(status, phrase))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port
+from tests.gunicorn_service import run_service
 
 CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
@@ -88,3 +91,30 @@ def test_its_hooks_leave_another_app_alone(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert "Exception" not in log.read_text()
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NOT A REQUEST LINE\r\n\r\n", 400),
+        # Past limit_request_line (4094), yet read whole by its first recv: no reset.
+        (b"GET /" + b"a" * 4200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ],
+)
+def test_requests_gunicorn_cannot_parse_get_the_contracts_json_error(
+    tmp_path: Path, worker_class: str, raw: bytes, status: int
+) -> None:
+    """Not gunicorn's HTML page: every answer of the service is JSON."""
+    with run_service(tmp_path, None, workers=1, RYBBIT_WORKER_CLASS=worker_class) as service:
+        host, port = service.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), answer
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)
+    assert error["success"] is False and error["error"], error

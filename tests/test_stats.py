@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from rybbit import keys, sites
+from rybbit.stats.query_schema import METRICS
 from rybbit.storage import get_store
 
 TOKEN = "stats-admin-token-0123456789abcdefghijkl"
@@ -202,15 +203,8 @@ def days(zone: str, first: date, last: date) -> tuple[datetime, datetime]:
     return start, end.astimezone(UTC)
 
 
-ALL_METRICS = [
-    "visitors",
-    "visits",
-    "pageviews",
-    "events",
-    "views_per_visit",
-    "bounce_rate",
-    "visit_duration",
-]
+# Every metric that needs no dimension (percentage does).
+ALL_METRICS = [metric for metric in METRICS if metric != "percentage"]
 
 
 # -- answers ---------------------------------------------------------------------------------

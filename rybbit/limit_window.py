@@ -26,50 +26,63 @@ from limits.strategies import STRATEGIES, MovingWindowRateLimiter, RateLimiter, 
 from redis.connection import Connection
 from redis.exceptions import ConnectionError, NoScriptError
 
+from .group_commit import GroupCommit
 from .limit_sqlite import SQLiteStorage
+
+# (key, limit, window in seconds, cost)
+_Hit = tuple[str, int, int, int]
+# Enough for every request a worker holds at once; a call of this many takes ~1 ms in Redis.
+_MAX_HITS_A_CALL = 256
 
 MOVING_WINDOW = "moving-window"
 
-# Same arguments and list as limits' acquire_moving_window.lua (so the two mix), then the
-# window after the hit, as its moving_window.lua finds it: entries are newest first, so the
-# last one still in the window is found by binary search over at most `limit` entries.
+# limits' acquire_moving_window.lua (same list per key, same key names, so the two mix), then
+# the window after the hit, as its moving_window.lua finds it: entries are newest first, so the
+# last one still in the window is found by binary search over at most `limit` entries. One call
+# takes the hits of several requests (KEYS[k] with ARGV 3k-1..3k+1: limit, expiry, amount;
+# ARGV[1] is the time), in order, so a key hit twice in one call is counted twice.
 _HIT_AND_WINDOW_LUA = """
-local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local expiry = tonumber(ARGV[3])
-local amount = tonumber(ARGV[4])
-local since = now - expiry
-local acquired = 0
-if amount <= limit then
-    local entry = redis.call('lindex', key, limit - amount)
-    if not (entry and tonumber(entry) >= since) then
-        local entries = {}
-        for i = 1, amount do
-            entries[i] = now
+local answers = {}
+for k = 1, #KEYS do
+    local key = KEYS[k]
+    local limit = tonumber(ARGV[3 * k - 1])
+    local expiry = tonumber(ARGV[3 * k])
+    local amount = tonumber(ARGV[3 * k + 1])
+    local since = now - expiry
+    local acquired = 0
+    if amount <= limit then
+        local entry = redis.call('lindex', key, limit - amount)
+        if not (entry and tonumber(entry) >= since) then
+            local entries = {}
+            for i = 1, amount do
+                entries[i] = now
+            end
+            for i = 1, #entries, 5000 do
+                redis.call('lpush', key, unpack(entries, i, math.min(i + 4999, #entries)))
+            end
+            redis.call('ltrim', key, 0, limit - 1)
+            redis.call('expire', key, expiry)
+            acquired = 1
         end
-        for i = 1, #entries, 5000 do
-            redis.call('lpush', key, unpack(entries, i, math.min(i + 4999, #entries)))
-        end
-        redis.call('ltrim', key, 0, limit - 1)
-        redis.call('expire', key, expiry)
-        acquired = 1
     end
-end
-local low, high, last = 0, redis.call('llen', key) - 1, -1
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    if tonumber(redis.call('lindex', key, mid)) >= since then
-        last = mid
-        low = mid + 1
+    local low, high, last = 0, redis.call('llen', key) - 1, -1
+    while low <= high do
+        local mid = math.floor((low + high) / 2)
+        if tonumber(redis.call('lindex', key, mid)) >= since then
+            last = mid
+            low = mid + 1
+        else
+            high = mid - 1
+        end
+    end
+    if last < 0 then
+        answers[k] = {acquired, false, 0}
     else
-        high = mid - 1
+        answers[k] = {acquired, redis.call('lindex', key, last), last + 1}
     end
 end
-if last < 0 then
-    return {acquired, false, 0}
-end
-return {acquired, redis.call('lindex', key, last), last + 1}
+return answers
 """
 
 
@@ -91,52 +104,67 @@ def _bulk(value: bytes) -> bytes:
 
 
 class _RedisMovingWindow:
-    """The script, called on connections of the storage's own client.
+    """The script, called on connections of the storage's own client, for the hits of all the
+    requests that wait on this process at once.
+
+    A round trip costs a gevent worker far more than the script's work (a send, a switch to
+    the hub and back, a receive: ~250 us of CPU a request under load), so concurrent requests
+    share one: the first to arrive sends its hit; the hits that arrive meanwhile go together in
+    the next call (rybbit.group_commit: no timer, nobody waits for company). Redis runs a
+    script atomically and in order, so the counts stay exact across workers and machines.
 
     redis-py's command path (its pool's checkout and release, retries, event hooks) costs
     ~100 us of CPU a call here, three times the round trip itself (bench/ratelimit.py). So
-    the call is packed once, and sent and read through redis-py's public connection API on
+    calls are packed here, and sent and read through redis-py's public connection API on
     connections this counter keeps aside, made by the client's own pool (``make_connection``:
     same host, TLS, credentials, database, timeouts; a sentinel pool's connections find the
     current master). A connection that fails in any way is dropped, never reused. Cluster
-    clients, which have no single pool, call the script the ordinary way."""
+    clients, which have no single pool (and whose keys of one call must share a slot), call
+    the script the ordinary way, one hit a call."""
 
     def __init__(self, storage: RedisStorage) -> None:
         client = storage.get_connection()
         self.prefixed_key = storage.prefixed_key
         self.script = client.register_script(_HIT_AND_WINDOW_LUA)
         self.pool = getattr(client, "connection_pool", None)  # None: a cluster client
-        self.head = b"*8\r\n" + _bulk(b"EVALSHA") + _bulk(self.script.sha.encode()) + _bulk(b"1")
+        self.evalsha = _bulk(b"EVALSHA") + _bulk(self.script.sha.encode())
         self.idle: list[Connection] = []
         self.pid = os.getpid()
+        self.group: GroupCommit[_Hit, Any] = GroupCommit(self._call, _MAX_HITS_A_CALL)
 
     def hit(
         self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int = 1
     ) -> tuple[bool, WindowStats]:
-        now = time.time()
         key = self.prefixed_key(item.key_for(*identifiers))
-        args = (now, item.amount, item.get_expiry(), cost)
+        hit = (key, item.amount, item.get_expiry(), cost)
         if self.pool is None:
-            reply = self.script([key], list(args))
+            now = time.time()
+            (reply,) = self.script([key], [now, *hit[1:]])
         else:
-            reply = self._call(key, args)
+            now, reply = self.group.submit((hit,))[0]
         acquired, start, count = reply
         return bool(acquired), _stats(item, float(start) if start else now, int(count))
 
-    def _call(self, key: str, args: tuple[float, int, int, int]) -> Any:
-        packed = b"".join(
-            (self.head, _bulk(key.encode()), *(_bulk(repr(arg).encode()) for arg in args))
-        )
+    def _call(self, hits: list[_Hit]) -> list[tuple[float, Any]]:
+        """One script call for ``hits``: (the time it counted them at, its answer), each."""
+        now = time.time()
+        parts = [b"*%d\r\n" % (4 + 4 * len(hits)), self.evalsha, _bulk(b"%d" % len(hits))]
+        parts += [_bulk(key.encode()) for key, *_ in hits]
+        parts.append(_bulk(repr(now).encode()))
+        for _, amount, expiry, cost in hits:
+            parts += (_bulk(b"%d" % amount), _bulk(b"%d" % expiry), _bulk(b"%d" % cost))
+        packed = b"".join(parts)
         if self.pid != os.getpid():  # forked: the parent's connections are not ours
             self.idle, self.pid = [], os.getpid()
         reused = bool(self.idle)
         try:
-            return self._round_trip(self.idle.pop() if reused else None, packed)
+            replies = self._round_trip(self.idle.pop() if reused else None, packed)
         except ConnectionError:
             if not reused:
                 raise
             # An idle connection the server closed (restart, idle timeout): one new one.
-            return self._round_trip(None, packed)
+            replies = self._round_trip(None, packed)
+        return [(now, reply) for reply in replies]
 
     def _round_trip(self, connection: Connection | None, packed: bytes) -> Any:
         connection = connection or self.pool.make_connection()  # type: ignore[union-attr]

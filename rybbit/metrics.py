@@ -12,15 +12,19 @@ methods outside the usual ones as ``other``. docs/operations.md describes every 
 
 The per-event cost stays small: label children are looked up once and kept, a request's event
 outcomes are added up and counted once per distinct label set, and the enrichment runner's
-per-enricher timings, which it keeps anyway, are published once per request.
+per-enricher timings, which it keeps anyway, are published once a second by each process (and
+when the process answers a scrape).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import os
+import threading
 import time
+import weakref
 from collections import Counter as Tally
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +44,8 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from .plugin_loader import RUNNER_KEY
+
+log = logging.getLogger(__name__)
 
 # prometheus_client chose its storage when it was imported, from this same variable.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -137,6 +143,10 @@ REJECT_REASONS = {
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TRACK_ENDPOINT = "track.track"
 _JUDGED = "metrics_events"
+# How often each process publishes the enrichment runner's timings (and when it answers a
+# scrape): a value per enricher, each a write to a shared file under gunicorn, would cost more
+# per request than the enrichers' own timing.
+ENRICHMENT_PUBLISH_SECONDS = 1.0
 _STARTED = "metrics_started"
 
 
@@ -261,9 +271,7 @@ def _record_request(response: Response) -> Response:
     if judged:
         _count_events(judged, status)
 
-    runner = current_app.extensions.get(RUNNER_KEY)
-    if runner is not None:
-        _publish_enrichment(runner)
+    _enrichment_publisher.ensure_running(current_app._get_current_object())  # type: ignore[attr-defined]
     return response
 
 
@@ -281,7 +289,42 @@ def _count_events(judged: list[tuple[str, str, str, str]], status: int) -> None:
         _events(*labels).inc(count)
 
 
-def _publish_enrichment(runner: Any) -> None:
+class _EnrichmentPublisher:
+    """Publishes the enrichment runner's sums every ENRICHMENT_PUBLISH_SECONDS, from a thread
+    of each process (a greenlet under gevent), started by the process's first request."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.apps: weakref.WeakSet[Flask] = weakref.WeakSet()  # more than one: tests, embedding
+        self.lock = threading.Lock()
+
+    def ensure_running(self, app: Flask) -> None:
+        if self.pid == os.getpid() and app in self.apps:
+            return
+        with self.lock:
+            self.apps.add(app)
+            if self.pid != os.getpid():  # none yet, or the parent's (gone with the fork)
+                self.pid = os.getpid()
+                threading.Thread(target=self._loop, name="rybbit-metrics", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(ENRICHMENT_PUBLISH_SECONDS)
+            for app in list(self.apps):
+                try:
+                    _publish_enrichment(app)
+                except Exception:  # never let a bad value stop the publishing for good
+                    log.exception("publishing enrichment metrics failed")
+
+
+_enrichment_publisher = _EnrichmentPublisher()
+
+
+def _publish_enrichment(app: Flask) -> None:
+    """Hand prometheus what the enrichment runner counted since the last time."""
+    runner = app.extensions.get(RUNNER_KEY)
+    if runner is None:
+        return
     events, seconds, failures = runner.take_stats()
     if not events:
         return
@@ -305,6 +348,7 @@ def metrics() -> Response:
             given.strip().encode("latin-1", "replace"), str(token).encode("utf-8")
         ):
             raise Unauthorized(www_authenticate=WWWAuthenticate("bearer"))
+    _publish_enrichment(current_app)  # this process's figures up to now; others' lag < 1 s
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(_registry()), content_type=content_type)
 

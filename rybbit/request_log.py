@@ -82,7 +82,14 @@ def _log_request(response: Response) -> Response:
     else:
         level = logging.INFO
     if log.isEnabledFor(level):
-        log.log(level, "request", extra=_fields(response))
+        # The record made directly and handed to the logger's handlers and filters, as
+        # log.log would: without its search of the stack for the caller (a line per request,
+        # and the caller is always this function).
+        record = log.makeRecord(
+            log.name, level, __file__, 0, "request", None, None, extra=_fields(response)
+        )
+        record.funcName = "_log_request"
+        log.handle(record)
     return response
 
 

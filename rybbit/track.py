@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from . import (
@@ -171,4 +172,23 @@ def init_app(app: Flask) -> None:
     }
     resources: dict[str, Any] = {r"/api/track/batch": batch_policy}
     resources.update({route: browser.BROWSER_CORS for route in browser.BROWSER_ROUTES})
+    before = list(app.after_request_funcs.get(None, []))
     cors.init_app(app, resources=resources)
+    app.after_request_funcs[None] = [
+        f if f in before else _only_with_origin(f) for f in app.after_request_funcs[None]
+    ]
+
+
+def _only_with_origin(
+    cors_after_request: Callable[[Response], Response],
+) -> Callable[..., Response]:
+    """Flask-CORS's response hook, skipped for requests that are not cross-origin: without an
+    ``Origin`` header it adds nothing (tests/test_cors.py), but it matches the path against
+    every resource pattern first, which costs server-side clients ~40 us a request."""
+
+    def hook(response: Response) -> Response:
+        if "HTTP_ORIGIN" not in request.environ and request.method != "OPTIONS":
+            return response
+        return cors_after_request(response)
+
+    return hook

@@ -448,6 +448,22 @@ class TestCors:
             assert response.headers["Access-Control-Allow-Credentials"] == "true"
         assert response.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
 
+    @pytest.mark.parametrize("path", ["/api/track", "/track", "/api/track/batch", "/api/identify"])
+    def test_no_cors_headers_without_an_origin(
+        self, client: FlaskClient, site: dict[str, Any], path: str
+    ) -> None:
+        """A server-side client sends no Origin: Flask-CORS would add nothing, so its hook is
+        skipped (track.py); with an Origin the same route gets them."""
+        body: Any = {"site_id": site["site_id"], "type": "pageview", "pathname": "/"}
+        body = [body] if path.endswith("batch") else body
+        plain = client.post(path, json=body)
+        assert not [
+            h for h in plain.headers.keys() if h.startswith("Access-Control") or h == "Vary"
+        ]
+        crossed = client.post(path, json=body, headers={"Origin": "https://www.example.com"})
+        assert crossed.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+        assert "Origin" in crossed.headers["Vary"]
+
     def test_batch_stays_open_without_credentials_and_admin_same_origin(
         self, client: FlaskClient
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from rybbit import create_app, sites
+from rybbit import create_app, metrics, sites
 from rybbit.store import MongoStorage, StoreUnavailable, get_store
 from tests.conftest import add_enricher, free_port
 from tests.geo_db import build_city_db
@@ -280,6 +281,8 @@ def test_totals_across_two_gunicorn_workers(tmp_path: Path) -> None:
         assert [r.status_code for r in refused] == [403] * 10
         assert len(service.worker_pids(200)) == 2, "both workers took events"
 
+        # Each worker publishes its enrichment sums once a second (metrics.py).
+        time.sleep(metrics.ENRICHMENT_PUBLISH_SECONDS + 0.5)
         scrapes = []
         for _ in range(8):  # fresh connections: either worker may answer each
             response = requests.get(f"{service.base_url}/metrics", timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,42 @@ def test_one_redis_round_trip_a_request_headers_included(instance_path: Any) -> 
         outcomes = client.post("/api/track/batch", json=items).get_json()["results"]
         assert [r["success"] for r in outcomes] == [False, True, False]
         assert redis_calls(counted) == {"evalsha": 2}, "a batch: one call for each key"
+
+
+def test_concurrent_hits_share_redis_calls_and_stay_exact(instance_path: Any) -> None:
+    """Requests waiting at once in a process go to Redis together, and each is still counted
+    exactly once, in order: 40 threads on a key allowed 25 get exactly 25 yeses."""
+    from limits.storage import storage_from_string
+
+    from rybbit.limit_window import counter_for
+
+    port = free_port()
+    with redis_process(port) as redis_proc:
+        counter = counter_for(storage_from_string(f"redis://127.0.0.1:{port}"), "moving-window")
+        item, other = parse("25 per minute"), parse("3 per minute")
+        counter.hit(other, ("warm-up",))  # loads the script and opens a connection
+        counted = redis.Redis(port=port, socket_timeout=2)
+        counted.config_resetstat()
+        answers: list[tuple[bool, Any]] = []
+        # Redis stopped: the first hit's call waits, the other 39 queue up behind it.
+        redis_proc.send_signal(signal.SIGSTOP)
+        threads = [
+            threading.Thread(target=lambda: answers.append(counter.hit(item, ("k", "track"))))
+            for _ in range(40)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        redis_proc.send_signal(signal.SIGCONT)
+        for thread in threads:
+            thread.join(timeout=10)
+        assert len(answers) == 40
+        assert sum(allowed for allowed, _ in answers) == 25
+        remaining = sorted(window.remaining for allowed, window in answers if allowed)
+        assert remaining == list(range(25)), "each allowed hit saw the window it left"
+        assert all(window.remaining == 0 for allowed, window in answers if not allowed)
+        calls = redis_calls(counted).get("evalsha", 0)
+        assert 2 <= calls <= 3, f"40 concurrent hits took {calls} calls"
 
 
 def test_limits_counted_by_hand_and_by_limits_share_one_key(

@@ -1,0 +1,224 @@
+"""Session state in Redis: which back end is chosen, keys that expire, and outages of Redis
+that hold events back (spool) or answer 503 (direct) rather than store them without sessions.
+The session behaviour itself runs against both back ends in tests/test_sessions.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from rybbit import create_app, delivery
+from rybbit.session_state import KEY_PREFIX, chosen_uri
+from rybbit.storage import get_store
+from tests.conftest import all_events, forget_redis_sessions, free_port, redis_process
+
+REDIS = "redis://127.0.0.1:6379/2"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, None),
+        ({"MONGO_URI": "mongodb://m/db", "RATELIMIT_STORAGE_URI": REDIS}, REDIS),
+        (
+            {"MONGO_URI": "mongodb://m/db", "RATELIMIT_STORAGE_URI": "rediss://r:6380"},
+            "rediss://r:6380",
+        ),
+        (
+            {
+                "MONGO_URI": "mongodb://m/db",
+                "RATELIMIT_STORAGE_URI": "redis+sentinel://s:26379/main",
+            },
+            "redis+sentinel://s:26379/main",
+        ),
+        ({"MONGO_URI": "mongodb://m/db", "RATELIMIT_STORAGE_URI": "sqlite://"}, None),
+        # A cluster cannot run one script over keys in many slots: the store.
+        ({"MONGO_URI": "mongodb://m/db", "RATELIMIT_STORAGE_URI": "redis+cluster://c:7000"}, None),
+        # The embedded store keeps its own: cheaper than a round trip (session_state's docstring).
+        ({"RATELIMIT_STORAGE_URI": REDIS}, None),
+        ({"SESSIONS_STORAGE_URI": REDIS}, REDIS),
+        (
+            {
+                "MONGO_URI": "mongodb://m/db",
+                "RATELIMIT_STORAGE_URI": REDIS,
+                "SESSIONS_STORAGE_URI": "store",
+            },
+            None,
+        ),
+    ],
+)
+def test_where_sessions_live(config: dict[str, Any], expected: str | None) -> None:
+    assert chosen_uri(config)[0] == expected
+
+
+def test_the_limiter_options_come_with_its_uri() -> None:
+    config = {
+        "MONGO_URI": "mongodb://m/db",
+        "RATELIMIT_STORAGE_URI": REDIS,
+        "RATELIMIT_STORAGE_OPTIONS": {"password": "x"},
+    }
+    assert chosen_uri(config) == (REDIS, {"password": "x"})
+    assert chosen_uri({**config, "SESSIONS_STORAGE_URI": REDIS})[1] == {}
+
+
+@pytest.mark.parametrize("uri", ["mongodb://m/db", "redis+cluster://c:7000", "memory://"])
+def test_an_unusable_setting_stops_start_up(instance_path: Path, uri: str) -> None:
+    with pytest.raises(ValueError, match="SESSIONS_STORAGE_URI"):
+        create_app({"TESTING": True, "LOAD_PLUGINS": [], "SESSIONS_STORAGE_URI": uri})
+
+
+@pytest.fixture
+def tracked(app: Flask, site: dict[str, Any], api_key: str) -> Any:
+    """POST one event of ``user`` to ``target`` (default: this test's app)."""
+
+    def _send(user: str, target: Flask | None = None, n: int = 0) -> Any:
+        body = {
+            "site_id": site["site_id"],
+            "api_key": api_key,
+            "user_id": user,
+            "pathname": f"/{n}",
+        }
+        return (target or app).test_client().post("/api/track", json=body)
+
+    return _send
+
+
+class TestDefaultChoice:
+    @pytest.fixture
+    def app_config(self, app_config: dict[str, Any], redis_server: str) -> dict[str, Any]:
+        forget_redis_sessions(redis_server)
+        return {**app_config, "RATELIMIT_STORAGE_URI": redis_server}
+
+    @pytest.mark.ack_store
+    def test_redis_with_mongodb_the_store_when_embedded(
+        self,
+        app: Flask,
+        store_kind: str,
+        redis_server: str,
+        site: dict[str, Any],
+        tracked: Any,
+    ) -> None:
+        assert tracked("u1").status_code == 200
+        in_redis = redis.Redis.from_url(redis_server).keys(f"{KEY_PREFIX}*")
+        with app.app_context():
+            in_store = get_store().list_sessions()
+        if store_kind == "mongo":
+            assert in_redis == [f"{KEY_PREFIX}{site['site_id']}:u1".encode()]
+            assert in_store == []
+        else:
+            assert in_redis == []
+            assert [doc["_id"] for doc in in_store] == [f"{site['site_id']}:u1"]
+
+    def test_the_choice_is_logged(
+        self, app_config: dict[str, Any], store_kind: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        create_app(app_config)
+        said = [r.getMessage() for r in caplog.records if r.name == "rybbit.session_state"]
+        expected = "Redis (redis://)" if store_kind == "mongo" else "the store"
+        assert said == [f"sessions: state in {expected}"]  # no host: a URI may hold a password
+
+
+@pytest.mark.ack_store
+def test_keys_say_the_session_and_expire_by_themselves(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    redis_server: str,
+    site: dict[str, Any],
+    tracked: Any,
+    stored_events: Any,
+) -> None:
+    forget_redis_sessions(redis_server)
+    short = create_app(
+        {**app_config, "SESSIONS_STORAGE_URI": redis_server, "SESSION_TIMEOUT_SECONDS": 1}
+    )
+    assert tracked("brief", short).status_code == 200
+    client = redis.Redis.from_url(redis_server)
+    name = f"{KEY_PREFIX}{site['site_id']}:brief"
+    (event,) = stored_events()
+    assert client.hget(name, "sid") == event["session_id"].encode()
+    assert 0 < client.pttl(name) <= 2000  # twice the timeout
+    time.sleep(2.2)
+    assert client.exists(name) == 0
+
+
+@pytest.fixture
+def own_redis() -> Any:
+    """A Redis of this test's own, to freeze."""
+    port = free_port()
+    with redis_process(port) as proc:
+        yield proc, f"redis://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+def test_a_frozen_redis_holds_shipments_back_until_it_answers(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    own_redis: Any,
+    site: dict[str, Any],
+    tracked: Any,
+) -> None:
+    proc, uri = own_redis
+    app = create_app(
+        {**app_config, "SESSIONS_STORAGE_URI": uri, "SESSIONS_STORAGE_TIMEOUT_MS": 200}
+    )
+    try:
+        assert tracked("v", app, 0).status_code == 200
+        assert delivery.get_delivery(app).flush(10)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            # Acknowledged into the spool as ever; shipping them without sessions is refused.
+            assert [tracked("v", app, n).status_code for n in (1, 2, 3)] == [200] * 3
+            deadline = time.monotonic() + 10
+            while delivery.get_delivery(app).stats()["ship_errors_total"] < 2:
+                assert time.monotonic() < deadline, "the shipper tried"
+                time.sleep(0.05)
+            with app.app_context():
+                assert len(all_events(get_store())) == 1
+            stats = delivery.get_delivery(app).stats()
+            assert stats["backlog_events"] == 3 and stats["refused_total"] == 0
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert delivery.get_delivery(app).flush(15)
+        with app.app_context():
+            events = all_events(get_store())
+        assert len(events) == 4
+        assert len({e["session_id"] for e in events}) == 1, "the session went on through it"
+    finally:
+        delivery.close(app)
+
+
+@pytest.mark.parametrize("store_kind", ["embedded"], indirect=True)
+def test_a_frozen_redis_answers_503_when_the_request_waits_for_the_store(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    own_redis: Any,
+    site: dict[str, Any],
+    tracked: Any,
+) -> None:
+    proc, uri = own_redis
+    app = create_app(
+        {**app_config, "SESSIONS_STORAGE_URI": uri, "SESSIONS_STORAGE_TIMEOUT_MS": 200}
+    )
+    assert tracked("w", app, 0).status_code == 200
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = tracked("w", app, 1)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert time.monotonic() - started < 2, "bounded by SESSIONS_STORAGE_TIMEOUT_MS"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert tracked("w", app, 2).status_code == 200
+    with app.app_context():
+        events = all_events(get_store())
+    assert [e["pathname"] for e in events] == ["/0", "/2"], "the refused event was not stored"
+    assert events[0]["session_id"] == events[1]["session_id"]

@@ -15,9 +15,12 @@ Which one (``SESSIONS_STORAGE_URI``):
   the rate limiter reads them): Redis;
 - unset (the default): Redis when events go to MongoDB (``MONGO_URI``) and the rate limiter
   already uses Redis (``RATELIMIT_STORAGE_URI``, with its ``RATELIMIT_STORAGE_OPTIONS``);
-  the store otherwise. The embedded store keeps its own sessions: its SQLite lookups by
-  primary key cost microseconds within the transaction that stores the events, less than a
-  network round trip (bench/shipping.py prints both).
+  the store otherwise. The embedded store keeps its own sessions: there events are shipped
+  in the small groups of concurrent requests, and for those SQLite's primary-key lookups cost
+  less than a Redis round trip (bench/shipping.py --embedded, same run each: groups of 1,
+  3,320 events/s with sessions in the store against 1,977 in Redis; groups of 10, 11,807
+  against 9,787; only batches of 500 went faster in Redis, 25,110 against 13,110), and one
+  machine needs no state shared between machines.
 
 Redis Cluster is not supported: one script over keys in many slots is refused by the cluster.
 

@@ -6,7 +6,9 @@ In one process: ``--events`` realistic events (bench/workload.py), enriched once
 request-stage chain as /api/track would, are shipped through ``Shipping.ship`` in batches of
 ``--batch`` (as the spool's shipper sends them) into a fresh database of a fresh FerretDB:
 once with sessions in the store, once in Redis; and inserted as they are by pymongo's
-``insert_many`` in the same batches (the server's raw rate, the ceiling). With ``--embedded``,
+``insert_many`` in the same batches (the server's raw rate, the ceiling). Each into its own
+fresh database, batch by batch in turn, so that all three meet the same load from the rest of
+a shared machine (run one after the other, they differed by up to 2x here). With ``--embedded``,
 the store is the embedded SQLite one (and "raw" is its ``insert_events`` without enrichers).
 """
 
@@ -19,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,40 +74,50 @@ def batches(events: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]
     return [fresh[i : i + size] for i in range(0, len(fresh), size)]
 
 
-def ship_rate(app: Any, events: list[dict[str, Any]], size: int) -> tuple[float, int]:
-    """Events/s through Shipping.ship, and how many distinct sessions they got."""
+def shipper(app: Any) -> Callable[[list[dict[str, Any]]], None]:
+    """Shipping.ship of ``app`` (on a fresh store, its site "1" made)."""
     with app.app_context():
-        sites.create_site(get_store(), name="bench", domain="shop.example.com")  # site "1"
+        sites.create_site(get_store(), name="bench", domain="shop.example.com")
     shipping = track._shipping(app)
-    parts = batches(events, size)
-    started = time.perf_counter()
-    for part in parts:
+
+    def ship(part: list[dict[str, Any]]) -> None:
         assert not any(shipping.ship(part)), "every event stored"
-    seconds = time.perf_counter() - started
-    delivery.close(app)
-    return len(events) / seconds, len({e.get("session_id") for p in parts for e in p})
+
+    return ship
 
 
-def raw_rate(mongo_uri: str, events: list[dict[str, Any]], size: int) -> float:
+def raw_inserter(app: Any, mongo_uri: str | None) -> Callable[[list[dict[str, Any]]], None]:
+    """The ceiling: pymongo's insert_many into a plain collection; embedded, the store's own
+    insert_events (no enrichers)."""
+    if mongo_uri is None:
+        with app.app_context():
+            store = get_store()
+        return lambda part: store.insert_events(part) and None
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_uri)
     collection = client.get_default_database()["events"]
-    parts = batches(events, size)
-    started = time.perf_counter()
-    for part in parts:
-        collection.insert_many(part, ordered=False)
-    seconds = time.perf_counter() - started
-    client.close()
-    return len(events) / seconds
+    return lambda part: collection.insert_many(part, ordered=False) and None
 
 
-def raw_embedded_rate(app: Any, events: list[dict[str, Any]], size: int) -> float:
-    parts = batches(events, size)
-    with app.app_context():
-        store = get_store()
-        started = time.perf_counter()
-        for part in parts:
-            store.insert_events(part)
-        return len(events) / (time.perf_counter() - started)
+def interleaved(
+    runs: dict[str, Callable[[list[dict[str, Any]]], None]],
+    events: list[dict[str, Any]],
+    size: int,
+) -> dict[str, float]:
+    """Events/s of each run, over the same batches. Batch by batch, each run in turn (the
+    order rotating), so that all of them meet the same load from the rest of the machine."""
+    parts = {name: batches(events, size) for name in runs}
+    seconds = dict.fromkeys(runs, 0.0)
+    names = list(runs)
+    for n in range(len(parts[names[0]])):
+        for name in names[n % len(names) :] + names[: n % len(names)]:
+            started = time.perf_counter()
+            runs[name](parts[name][n])
+            seconds[name] += time.perf_counter() - started
+    for name, shipped in parts.items():
+        if name != "raw":
+            ids = {e.get("session_id") for part in shipped for e in part}
+            assert len(ids) == len({e.get("user_id") for e in events if not e.get("is_bot")}) + 1
+    return {name: len(events) / spent for name, spent in seconds.items()}
 
 
 def main() -> None:
@@ -135,28 +148,29 @@ def main() -> None:
             flush=True,
         )
 
-        def raw_insert(name: str) -> float:
-            if args.embedded:
-                app = make_app(instance(name), None, "store", args.geoip)
-                return raw_embedded_rate(app, events, args.batch)
-            return raw_rate(str(uri(name)), events, args.batch)
-
-        raw = raw_insert("raw")
-        print(f"  raw insert:                {raw:8.0f} events/s", flush=True)
-        runs = (
-            ("store", "sessions in the store", "store"),
-            ("redis", "sessions in Redis", redis_uri),
+        apps = {
+            name: make_app(instance(name), uri(name), sessions, args.geoip)
+            for name, sessions in (("raw", "store"), ("store", "store"), ("redis", redis_uri))
+        }
+        rates = interleaved(
+            {
+                "raw": raw_inserter(apps["raw"], uri("raw")),
+                "store": shipper(apps["store"]),
+                "redis": shipper(apps["redis"]),
+            },
+            events,
+            args.batch,
         )
-        for name, label, sessions in runs:
-            app = make_app(instance(name), uri(name), sessions, args.geoip)
-            rate, count = ship_rate(app, events, args.batch)
+        for app in apps.values():
+            delivery.close(app)
+        raw = rates["raw"]
+        print(f"  raw insert:                        {raw:6.0f} events/s", flush=True)
+        for name, label in (("store", "in the store"), ("redis", "in Redis")):
             print(
-                f"  shipped, {label:22s} {rate:8.0f} events/s  ratio {rate / raw:.2f}  "
-                f"({count} sessions)",
+                f"  shipped, sessions {label:12s}     {rates[name]:6.0f} events/s, "
+                f"ratio {rates[name] / raw:.2f}",
                 flush=True,
             )
-        # Once more, last: how much the machine drifted during the runs (other load, caches).
-        print(f"  raw insert, again:         {raw_insert('raw2'):8.0f} events/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,11 @@ class SessionsEnricher(Enricher):
         with self._groups_lock:
             group = self._groups.get(id(store))
             if group is None:
-                resolve = self._resolve_in_redis if self.redis else self._resolve
-                group = GroupCommit(lambda visits: resolve(store, visits), 5000)
+                redis = self.redis
+                if redis is None:
+                    group = GroupCommit(lambda visits: self._resolve(store, visits), 5000)
+                else:
+                    group = GroupCommit(lambda visits: _resolve_in(redis, visits), 5000)
                 self._groups[id(store)] = group
             return group
 
@@ -97,13 +100,6 @@ class SessionsEnricher(Enricher):
             return
         self._next_cleanup = now + self.timeout
         store.delete_sessions_before(now - self.timeout)
-
-    def _resolve_in_redis(self, store: Any, visits: list[Visit]) -> list[str]:
-        """The session id of each visit, from Redis in one round trip (no local cache: the
-        round trip is needed anyway to raise last_seen, and it is exact for every worker)."""
-        first, last = _bounds(visits)
-        chosen = self.redis.resolve(first, last)  # type: ignore[union-attr]
-        return [chosen[key] for key, _ in visits]
 
     def _resolve(self, store: Any, visits: list[Visit]) -> list[str]:
         """The session id of each visit, in as few round trips as the visitors allow:
@@ -184,6 +180,14 @@ class SessionsEnricher(Enricher):
             "started_at": first[key],
             "last_seen": last[key],
         }
+
+
+def _resolve_in(redis: RedisSessions, visits: list[Visit]) -> list[str]:
+    """The session id of each visit, from Redis in one round trip. No local cache as in the
+    store's path: the round trip is needed anyway to raise last_seen, so every worker judges
+    a session by its exact last event."""
+    chosen = redis.resolve(*_bounds(visits))
+    return [chosen[key] for key, _ in visits]
 
 
 def _bounds(visits: list[Visit]) -> tuple[dict[str, datetime], dict[str, datetime]]:

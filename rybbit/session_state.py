@@ -17,10 +17,10 @@ Which one (``SESSIONS_STORAGE_URI``):
   already uses Redis (``RATELIMIT_STORAGE_URI``, with its ``RATELIMIT_STORAGE_OPTIONS``);
   the store otherwise. The embedded store keeps its own sessions: there events are shipped
   in the small groups of concurrent requests, and for those SQLite's primary-key lookups cost
-  less than a Redis round trip (bench/shipping.py --embedded, same run each: groups of 1,
-  3,320 events/s with sessions in the store against 1,977 in Redis; groups of 10, 11,807
-  against 9,787; only batches of 500 went faster in Redis, 25,110 against 13,110), and one
-  machine needs no state shared between machines.
+  less than a Redis round trip (bench/shipping.py --embedded, events shipped with sessions in
+  the store against in Redis: groups of 1, 2,580/s against 1,530/s; groups of 10, 5,411
+  against 4,014; batches of 500, 24,460 against 23,724), and one machine needs no state
+  shared between machines.
 
 Redis Cluster is not supported: one script over keys in many slots is refused by the cluster.
 
@@ -105,7 +105,11 @@ class RedisSessions:
         except RedisError as exc:
             log.warning("session state: Redis unavailable (%s)", type(exc).__name__)
             raise StoreUnavailable("session state unavailable") from exc
-        return {key: sid.decode() for key, sid in zip(keys, ids, strict=True)}
+        # bytes, unless the limiter's options (inherited) asked redis-py to decode replies
+        return {
+            key: sid if isinstance(sid, str) else sid.decode()
+            for key, sid in zip(keys, ids, strict=True)
+        }
 
 
 def _scheme(uri: str) -> str:

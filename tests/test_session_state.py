@@ -222,3 +222,32 @@ def test_a_frozen_redis_answers_503_when_the_request_waits_for_the_store(
         events = all_events(get_store())
     assert [e["pathname"] for e in events] == ["/0", "/2"], "the refused event was not stored"
     assert events[0]["session_id"] == events[1]["session_id"]
+
+
+@pytest.mark.ack_store
+@pytest.mark.parametrize("store_kind", ["mongo"], indirect=True)
+def test_one_redis_round_trip_a_shipment(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    own_redis: Any,
+    site: dict[str, Any],
+    api_key: str,
+    tracked: Any,
+    stored_events: Any,
+) -> None:
+    _, uri = own_redis
+    app = create_app({**app_config, "SESSIONS_STORAGE_URI": uri, "RATE_LIMIT": "off"})
+    assert tracked("first", app).status_code == 200  # the script is loaded once, not counted
+    counted = redis.Redis.from_url(uri)
+    counted.config_resetstat()
+    items = [
+        {"site_id": site["site_id"], "api_key": api_key, "user_id": f"v{n % 10}", "pathname": "/"}
+        for n in range(30)
+    ]
+    assert app.test_client().post("/api/track/batch", json=items).get_json()["accepted"] == 30
+    stats = counted.info("commandstats")
+    sent = {name: int(stat["calls"]) for name, stat in stats.items() if "info" not in name}
+    assert sent["cmdstat_evalsha"] == 1, "ten visitors, thirty events: one call"
+    assert "cmdstat_get" not in sent and "cmdstat_eval" not in sent
+    sessions = {e["user_id"]: e["session_id"] for e in stored_events()[1:]}
+    assert len(sessions) == len(set(sessions.values())) == 10

@@ -39,8 +39,8 @@ from typing import Any
 
 from flask import Flask
 from limits.storage import storage_from_string
+from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .storage.codec import to_ms
@@ -63,7 +63,11 @@ local ids = {}
 for i, key in ipairs(KEYS) do
     local at = 3 * i
     local first, last = ARGV[at], ARGV[at + 1]
-    local state = redis.call('HMGET', key, 'sid', 'last')
+    local state = redis.pcall('HMGET', key, 'sid', 'last')
+    if state.err then  -- not a hash (written by something else): replaced, not fatal
+        redis.call('DEL', key)
+        state = {false, false}
+    end
     local seen = tonumber(state[2])
     if state[1] and seen and seen >= tonumber(first) - timeout then
         ids[i] = state[1]
@@ -102,8 +106,13 @@ class RedisSessions:
             args += [to_ms(first[key]), to_ms(last[key]), uuid.uuid4().hex]
         try:
             ids = self.script(keys=[KEY_PREFIX + key for key in keys], args=args)
-        except RedisError as exc:
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             log.warning("session state: Redis unavailable (%s)", type(exc).__name__)
+            raise StoreUnavailable("session state unavailable") from exc
+        except redis_errors.RedisError as exc:
+            # Refused (out of memory, a read-only replica after a failover...): retried too,
+            # rather than stored without sessions; Redis's message says what to fix.
+            log.error("session state: Redis refused the call (%s: %s)", type(exc).__name__, exc)
             raise StoreUnavailable("session state unavailable") from exc
         # bytes, unless the limiter's options (inherited) asked redis-py to decode replies
         return {

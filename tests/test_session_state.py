@@ -17,7 +17,13 @@ from flask import Flask
 from rybbit import create_app, delivery
 from rybbit.session_state import KEY_PREFIX, chosen_uri
 from rybbit.storage import get_store
-from tests.conftest import all_events, forget_redis_sessions, free_port, redis_process
+from tests.conftest import (
+    all_events,
+    forget_redis_sessions,
+    free_port,
+    redis_process,
+    sessions_enricher,
+)
 
 REDIS = "redis://127.0.0.1:6379/2"
 
@@ -251,3 +257,63 @@ def test_one_redis_round_trip_a_shipment(
     assert "cmdstat_get" not in sent and "cmdstat_eval" not in sent
     sessions = {e["user_id"]: e["session_id"] for e in stored_events()[1:]}
     assert len(sessions) == len(set(sessions.values())) == 10
+
+
+@pytest.mark.parametrize("store_kind", ["embedded"], indirect=True)
+def test_a_refusing_redis_answers_503_and_says_why(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    own_redis: Any,
+    tracked: Any,
+    stored_events: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, uri = own_redis
+    app = create_app({**app_config, "SESSIONS_STORAGE_URI": uri})
+    control = redis.Redis.from_url(uri)
+    control.config_set("maxmemory", 1)  # every write refused: OOM
+    try:
+        assert tracked("m", app, 0).status_code == 503
+    finally:
+        control.config_set("maxmemory", 0)
+    said = [r for r in caplog.records if r.name == "rybbit.session_state"]
+    assert [r.levelname for r in said] == ["ERROR"] and "maxmemory" in said[0].getMessage()
+    assert stored_events() == []
+    assert tracked("m", app, 1).status_code == 200
+
+
+@pytest.mark.ack_store
+def test_a_key_of_another_type_is_replaced_not_fatal(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    redis_server: str,
+    site: dict[str, Any],
+    tracked: Any,
+    stored_events: Any,
+) -> None:
+    forget_redis_sessions(redis_server)
+    app = create_app({**app_config, "SESSIONS_STORAGE_URI": redis_server})
+    client = redis.Redis.from_url(redis_server)
+    name = f"{KEY_PREFIX}{site['site_id']}:odd"
+    client.set(name, "not a hash")
+    assert tracked("odd", app).status_code == 200
+    (event,) = stored_events()
+    assert client.hget(name, "sid") == event["session_id"].encode()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://127.0.0.1:1/0",
+        "rediss://:secret@127.0.0.1:1/3",
+        "redis+unix:///nonexistent.sock",
+        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster",
+    ],
+)
+def test_start_up_contacts_no_redis_and_bounds_every_call(instance_path: Path, uri: str) -> None:
+    app = create_app(
+        {"LOAD_PLUGINS": [], "SESSIONS_STORAGE_URI": uri, "SESSIONS_STORAGE_TIMEOUT_MS": 300}
+    )  # nothing listens there: start-up did not try
+    options = sessions_enricher(app).redis.client.connection_pool.connection_kwargs
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.3
+    assert options["retry"].get_retries() == 1  # not redis-py's three, with backoff

@@ -317,3 +317,18 @@ def test_start_up_contacts_no_redis_and_bounds_every_call(instance_path: Path, u
     options = sessions_enricher(app).redis.client.connection_pool.connection_kwargs
     assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.3
     assert options["retry"].get_retries() == 1  # not redis-py's three, with backoff
+
+
+def test_new_session_ids_are_uuid4_hex_like_the_stores() -> None:
+    import uuid
+
+    from rybbit.session_state import new_session_ids
+
+    ids = new_session_ids(5000)
+    assert len(set(ids)) == 5000
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert all(
+        u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i
+        for u, i in zip(parsed, ids, strict=True)
+    )
+    assert new_session_ids(0) == []

@@ -5,7 +5,7 @@
 In one process: ``--events`` realistic events (bench/workload.py), enriched once by the
 request-stage chain as /api/track would, are shipped through ``Shipping.ship`` in batches of
 ``--batch`` (as the spool's shipper sends them) into a fresh database of a fresh FerretDB:
-once with sessions in the store, once in Redis; and inserted as they are by pymongo's
+once with sessions in the store, once in Redis, once without sessions; and inserted as they are by pymongo's
 ``insert_many`` in the same batches (the server's raw rate, the ceiling). Each into its own
 fresh database, batch by batch in turn, so that all three meet the same load from the rest of
 a shared machine (run one after the other, they differed by up to 2x here). With ``--embedded``,
@@ -37,12 +37,14 @@ from rybbit.plugin_loader import RUNNER_KEY  # noqa: E402
 from rybbit.storage import get_store  # noqa: E402
 
 
-def make_app(instance: Path, mongo_uri: str | None, sessions: str, geoip: str | None) -> Any:
+def make_app(instance: Path, mongo_uri: str | None, sessions: str | None, geoip: str | None) -> Any:
+    """An app on ``instance``; ``sessions``: where their state lives, None: no sessions."""
     os.environ["RYBBIT_INSTANCE_PATH"] = str(instance)
     config = {
         "MONGO_URI": mongo_uri,
         "ACK": "store",  # no spool thread: the bench calls Shipping.ship itself
-        "SESSIONS_STORAGE_URI": sessions,
+        "SESSIONS_STORAGE_URI": sessions or "store",
+        "PLUGINS_DISABLED": [] if sessions else ["sessions"],
         "LOAD_PLUGINS": [],
     }
     if geoip:
@@ -114,7 +116,7 @@ def interleaved(
             runs[name](parts[name][n])
             seconds[name] += time.perf_counter() - started
     for name, shipped in parts.items():
-        if name != "raw":
+        if name not in ("raw", "none"):
             ids = {e.get("session_id") for part in shipped for e in part}
             assert len(ids) == len({e.get("user_id") for e in events if not e.get("is_bot")}) + 1
     return {name: len(events) / spent for name, spent in seconds.items()}
@@ -150,25 +152,42 @@ def main() -> None:
 
         apps = {
             name: make_app(instance(name), uri(name), sessions, args.geoip)
-            for name, sessions in (("raw", "store"), ("store", "store"), ("redis", redis_uri))
+            for name, sessions in (
+                ("raw", "store"),
+                ("store", "store"),
+                ("redis", redis_uri),
+                ("none", None),
+            )
         }
         rates = interleaved(
             {
                 "raw": raw_inserter(apps["raw"], uri("raw")),
                 "store": shipper(apps["store"]),
                 "redis": shipper(apps["redis"]),
+                "none": shipper(apps["none"]),
             },
             events,
             args.batch,
         )
+        batches_shipped = -(-len(events) // args.batch)
+        # The enricher's own time, as the runner counts it (and metrics report it).
+        spent = {
+            name: apps[name].extensions[RUNNER_KEY].seconds["sessions"] / batches_shipped * 1e3
+            for name in ("store", "redis")
+        }
         for app in apps.values():
             delivery.close(app)
         raw = rates["raw"]
         print(f"  raw insert:                        {raw:6.0f} events/s", flush=True)
-        for name, label in (("store", "in the store"), ("redis", "in Redis")):
+        for name, label in (
+            ("store", "sessions in the store"),
+            ("redis", "sessions in Redis"),
+            ("none", "sessions off"),
+        ):
             print(
-                f"  shipped, sessions {label:12s}     {rates[name]:6.0f} events/s, "
-                f"ratio {rates[name] / raw:.2f}",
+                f"  shipped, {label:21s}     {rates[name]:6.0f} events/s, "
+                f"ratio {rates[name] / raw:.2f}"
+                + (f", sessions {spent[name]:.1f} ms a batch" if name in spent else ""),
                 flush=True,
             )
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 import redis
+import requests
 from flask import Flask
 
 from rybbit import create_app, delivery
-from rybbit.session_state import KEY_PREFIX, chosen_uri
+from rybbit.session_state import KEY_PREFIX, chosen_uri, new_session_ids
 from rybbit.storage import get_store
 from tests.conftest import (
     all_events,
@@ -24,6 +28,7 @@ from tests.conftest import (
     redis_process,
     sessions_enricher,
 )
+from tests.gunicorn_service import run_service
 
 REDIS = "redis://127.0.0.1:6379/2"
 
@@ -320,9 +325,6 @@ def test_start_up_contacts_no_redis_and_bounds_every_call(instance_path: Path, u
 
 
 def test_new_session_ids_are_uuid4_hex_like_the_stores() -> None:
-    import uuid
-
-    from rybbit.session_state import new_session_ids
 
     ids = new_session_ids(5000)
     assert len(set(ids)) == 5000
@@ -332,3 +334,51 @@ def test_new_session_ids_are_uuid4_hex_like_the_stores() -> None:
         for u, i in zip(parsed, ids, strict=True)
     )
     assert new_session_ids(0) == []
+
+
+def test_gunicorn_workers_sharing_redis_agree_on_sessions(
+    tmp_path: Path, mongo_server: str, redis_server: str
+) -> None:
+    forget_redis_sessions(redis_server)
+    database = f"rybbit_test_sessions_e2e_{uuid.uuid4().hex[:8]}"
+    try:
+        with run_service(
+            tmp_path,
+            f"{mongo_server}/{database}",
+            workers=2,
+            RATELIMIT_STORAGE_URI=redis_server,  # sessions follow it there (the default)
+            RYBBIT_RATE_LIMIT="1000 per second",
+        ) as service:
+            site = service.admin("POST", "/sites", {"name": "S", "domain": "s.example"})
+            key = service.admin("POST", f"/sites/{site['site_id']}/api-keys", {})
+
+            def send(n: int) -> int:
+                body = {
+                    "api_key": key["api_key"],
+                    "site_id": site["site_id"],
+                    "user_id": f"e2e-{n % 5}",
+                    "pathname": f"/{n}",
+                }
+                url = f"{service.base_url}/api/track"
+                return requests.post(url, json=body, timeout=10).status_code  # new connection
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                assert list(pool.map(send, range(60))) == [200] * 60
+            assert len(service.worker_pids(200)) == 2, "both workers took events"
+            said = {
+                r["message"] for r in service.log_records() if r["logger"] == "rybbit.session_state"
+            }
+            assert said == {"sessions: state in Redis (redis://)"}
+            events = pymongo.MongoClient(mongo_server)[database]["events"]
+            deadline = time.monotonic() + 20
+            while events.count_documents({}) < 60:  # shipped from both workers' spools
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            sessions: dict[str, set[str]] = {}
+            for event in events.find({}, {"user_id": 1, "session_id": 1}):
+                sessions.setdefault(event["user_id"], set()).add(event["session_id"])
+        assert sorted(sessions) == [f"e2e-{n}" for n in range(5)]
+        assert all(len(ids) == 1 for ids in sessions.values()), sessions
+        assert len({ids.pop() for ids in sessions.values()}) == 5
+    finally:
+        pymongo.MongoClient(mongo_server).drop_database(database)

@@ -382,3 +382,22 @@ def test_gunicorn_workers_sharing_redis_agree_on_sessions(
         assert len({ids.pop() for ids in sessions.values()}) == 5
     finally:
         pymongo.MongoClient(mongo_server).drop_database(database)
+
+
+@pytest.mark.ack_store
+def test_salted_user_ids_never_reach_redis(
+    app_config: dict[str, Any],
+    instance_path: Path,
+    redis_server: str,
+    site: dict[str, Any],
+    tracked: Any,
+) -> None:
+    from rybbit import sites
+
+    forget_redis_sessions(redis_server)
+    app = create_app({**app_config, "SESSIONS_STORAGE_URI": redis_server})
+    with app.app_context():
+        sites.update_site(get_store(), site["site_id"], {"settings": {"salt_user_ids": True}})
+    assert tracked("alice@example.com", app).status_code == 200
+    names = redis.Redis.from_url(redis_server).keys(f"{KEY_PREFIX}*")
+    assert len(names) == 1 and b"alice" not in names[0]

@@ -262,6 +262,23 @@ def set_sessions_last_seen(store: Storage, last_seen: datetime, key: str | None 
             conn.execute(f"UPDATE sessions SET last_seen = ?{where}", (to_ms(last_seen), *params))
 
 
+@pytest.fixture(params=["store", "redis"])
+def session_state(request: pytest.FixtureRequest) -> str:
+    """Where the sessions enricher keeps its state, for tests whose behaviour holds for both
+    (their app_config adds ``sessions_storage``)."""
+    return str(request.param)
+
+
+def sessions_storage(request: pytest.FixtureRequest, state: str) -> dict[str, Any]:
+    """The setting for ``state`` ("store", or "redis": the session's Redis, emptied of the
+    session state earlier tests left, since site ids repeat from test to test)."""
+    if state == "store":
+        return {"SESSIONS_STORAGE_URI": "store"}
+    uri = request.getfixturevalue("redis_server")
+    forget_redis_sessions(uri)
+    return {"SESSIONS_STORAGE_URI": uri}
+
+
 def sessions_enricher(app: Flask) -> Any:
     """``app``'s sessions enricher (its ``redis`` is None when the state is in the store)."""
     from plugins.sessions import SessionsEnricher

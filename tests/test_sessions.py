@@ -14,25 +14,20 @@ from flask import Flask
 
 from rybbit import create_app, delivery
 from rybbit.store import get_store
-from tests.conftest import age_sessions, forget_redis_sessions, sessions_enricher
-
-
-@pytest.fixture(params=["store", "redis"])
-def session_state(request: pytest.FixtureRequest) -> str:
-    """Where the sessions enricher keeps its state: every behaviour here holds for both."""
-    return str(request.param)
+from tests.conftest import age_sessions, sessions_enricher, sessions_storage
 
 
 @pytest.fixture
 def app_config(
     app_config: dict[str, Any], session_state: str, request: pytest.FixtureRequest
 ) -> dict[str, Any]:
-    """Limits are read when the app is made: concurrent bursts here stay under them."""
-    sessions = "store"
-    if session_state == "redis":
-        sessions = request.getfixturevalue("redis_server")
-        forget_redis_sessions(sessions)  # site ids repeat from test to test
-    return {**app_config, "RATE_LIMIT": "10000 per second", "SESSIONS_STORAGE_URI": sessions}
+    """Every behaviour here holds with sessions in the store and in Redis. Limits are read
+    when the app is made: concurrent bursts here stay under them."""
+    return {
+        **app_config,
+        **sessions_storage(request, session_state),
+        "RATE_LIMIT": "10000 per second",
+    }
 
 
 store_state_only = pytest.mark.parametrize("session_state", ["store"], indirect=True)

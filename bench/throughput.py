@@ -253,6 +253,11 @@ def main() -> None:
         "gevent)",
     )
     parser.add_argument("--disable", default="", help="comma-separated plugins to switch off")
+    parser.add_argument(
+        "--sessions-in-store",
+        action="store_true",
+        help="session state in the store (default with MongoDB: in the limiter's Redis)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk (make setup installs it)")
@@ -266,8 +271,10 @@ def main() -> None:
         print(
             f"workers: {args.workers or 'default'}, threads: {args.threads or 'default'}, "
             f"worker class: {args.worker_class or 'gevent (gunicorn.conf.py default)'}; "
-            f"store: {mongo_uri or 'embedded'}; geoip: {args.geoip or 'none'}; "
-            f"{args.seconds} s per run, {args.connections} connections",
+            f"store: {mongo_uri or 'embedded'}; sessions in "
+            f"{'Redis' if mongo_uri and not args.sessions_in_store else 'the store'}; "
+            f"geoip: {args.geoip or 'none'}; {args.seconds} s per run, "
+            f"{args.connections} connections",
             flush=True,
         )
 
@@ -297,6 +304,8 @@ def main() -> None:
         }
         if mongo_uri:
             env["MONGO_URI"] = mongo_uri
+        if args.sessions_in_store:
+            env["RYBBIT_SESSIONS_STORAGE_URI"] = "store"
         if args.disable:
             env["RYBBIT_PLUGINS_DISABLED"] = json.dumps(args.disable.split(","))
         if args.geoip:

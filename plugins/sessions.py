@@ -1,8 +1,9 @@
 """sessions: a ``session_id`` per visitor that ends after 30 minutes of inactivity.
 
-Session state is a small document per visitor in the store (collection ``sessions``), so all
-workers and machines agree. A visitor is the event's ``user_id`` (the client's, or the
-anonymous one from the identity enricher).
+Session state is shared by all workers and machines: in Redis when configured (one script
+call per shipment, rybbit.session_state), else a small document per visitor in the store
+(collection ``sessions``), as described below. A visitor is the event's ``user_id`` (the
+client's, or the anonymous one from the identity enricher).
 
 Events are resolved in groups: the events of a batch request, and those of concurrent
 requests in one process (see rybbit.group_commit), share their store round trips. New visitors
@@ -25,6 +26,7 @@ from cachetools import TTLCache
 
 from rybbit.group_commit import GroupCommit
 from rybbit.plugin import Enricher, EnrichmentContext, hookimpl
+from rybbit.session_state import RedisSessions, redis_state
 from rybbit.storage.base import SessionExtend, SessionReplace
 
 # (visitor key, time of the event)
@@ -38,8 +40,9 @@ class SessionsEnricher(Enricher):
     # (identity's user_id, bots' is_bot), which all ran before.
     stage = "shipping"
 
-    def __init__(self, timeout: timedelta) -> None:
+    def __init__(self, timeout: timedelta, redis: RedisSessions | None = None) -> None:
         self.timeout = timeout
+        self.redis = redis  # None: state in the store
         self._next_cleanup: datetime | None = None
         self._groups: dict[int, GroupCommit[Visit, str]] = {}
         self._groups_lock = threading.Lock()
@@ -71,7 +74,8 @@ class SessionsEnricher(Enricher):
             todo.append((event, (f"{event['site_id']}:{visitor}", context.received_at)))
         if store is None:
             return
-        self._clean_up(store, max(visit[1] for _, visit in todo))
+        if self.redis is None:  # Redis forgets ended sessions by itself
+            self._clean_up(store, max(visit[1] for _, visit in todo))
         session_ids = self._group(store).submit([visit for _, visit in todo])
         for (event, _), session_id in zip(todo, session_ids, strict=True):
             event["session_id"] = session_id
@@ -80,7 +84,11 @@ class SessionsEnricher(Enricher):
         with self._groups_lock:
             group = self._groups.get(id(store))
             if group is None:
-                group = GroupCommit(lambda visits: self._resolve(store, visits), 5000)
+                redis = self.redis
+                if redis is None:
+                    group = GroupCommit(lambda visits: self._resolve(store, visits), 5000)
+                else:
+                    group = GroupCommit(lambda visits: _resolve_in(redis, visits), 5000)
                 self._groups[id(store)] = group
             return group
 
@@ -102,11 +110,7 @@ class SessionsEnricher(Enricher):
           write for all); those who have are read, and their sessions extended or, if ended,
           replaced (one read and one write more, shared with the first kind's write).
         """
-        first: dict[str, datetime] = {}
-        last: dict[str, datetime] = {}
-        for key, at in visits:
-            first[key] = min(at, first.get(key, at))
-            last[key] = max(at, last.get(key, at))
+        first, last = _bounds(visits)
         chosen: dict[str, str] = {}
         stored: dict[str, datetime] = {}  # last_seen in the store once this group is done
         extend: dict[str, datetime] = {}  # keys whose stored last_seen to raise, and to what
@@ -178,6 +182,25 @@ class SessionsEnricher(Enricher):
         }
 
 
+def _resolve_in(redis: RedisSessions, visits: list[Visit]) -> list[str]:
+    """The session id of each visit, from Redis in one round trip. No local cache as in the
+    store's path: the round trip is needed anyway to raise last_seen, so every worker judges
+    a session by its exact last event."""
+    chosen = redis.resolve(*_bounds(visits))
+    return [chosen[key] for key, _ in visits]
+
+
+def _bounds(visits: list[Visit]) -> tuple[dict[str, datetime], dict[str, datetime]]:
+    """Each visitor's first and last event among ``visits``."""
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    for key, at in visits:
+        first[key] = min(at, first.get(key, at))
+        last[key] = max(at, last.get(key, at))
+    return first, last
+
+
 @hookimpl
 def register_enrichers(register: Any, app: Any) -> None:
-    register(SessionsEnricher(timedelta(seconds=int(app.config["SESSION_TIMEOUT_SECONDS"]))))
+    timeout = timedelta(seconds=int(app.config["SESSION_TIMEOUT_SECONDS"]))
+    register(SessionsEnricher(timeout, redis_state(app, timeout)))

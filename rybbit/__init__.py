@@ -20,6 +20,7 @@ from . import (
     plugin_loader,
     ratelimit,
     request_log,
+    session_state,
     stats,
     store,
     track,
@@ -44,6 +45,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     store.init_app(app)
     lookup_cache.init_app(app)
+    session_state.init_app(app)
     plugin_loader.init_app(app)
     errors.init_app(app)
     request_log.init_app(app)

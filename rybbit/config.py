@@ -115,6 +115,13 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": 0,
     # A visitor's session ends after this much inactivity.
     "SESSION_TIMEOUT_SECONDS": 1800,
+    # Where visitors' session state lives: "store", or a Redis URI (redis://, rediss://,
+    # redis+unix://, redis+sentinel://) shared by every worker and machine. None: Redis when
+    # MONGO_URI is set and RATELIMIT_STORAGE_URI is a Redis URI (that one), else the store.
+    # See rybbit/session_state.py. How long a Redis call may take before the shipment is
+    # retried (with ACK=store, the request answered 503), so a frozen Redis holds up nothing.
+    "SESSIONS_STORAGE_URI": None,
+    "SESSIONS_STORAGE_TIMEOUT_MS": 2000,
     # POST /api/track/batch: most events and bytes (before and after gzip) per request.
     "BATCH_MAX_EVENTS": 500,
     "BATCH_MAX_CONTENT_LENGTH": 512 * 1024,

@@ -262,6 +262,59 @@ def set_sessions_last_seen(store: Storage, last_seen: datetime, key: str | None 
             conn.execute(f"UPDATE sessions SET last_seen = ?{where}", (to_ms(last_seen), *params))
 
 
+@pytest.fixture(params=["store", "redis"])
+def session_state(request: pytest.FixtureRequest) -> str:
+    """Where the sessions enricher keeps its state, for tests whose behaviour holds for both
+    (their app_config adds ``sessions_storage``)."""
+    return str(request.param)
+
+
+def sessions_storage(request: pytest.FixtureRequest, state: str) -> dict[str, Any]:
+    """The setting for ``state`` ("store", or "redis": the session's Redis, emptied of the
+    session state earlier tests left, since site ids repeat from test to test)."""
+    if state == "store":
+        return {"SESSIONS_STORAGE_URI": "store"}
+    uri = request.getfixturevalue("redis_server")
+    forget_redis_sessions(uri)
+    return {"SESSIONS_STORAGE_URI": uri}
+
+
+def sessions_enricher(app: Flask) -> Any:
+    """``app``'s sessions enricher (its ``redis`` is None when the state is in the store)."""
+    from plugins.sessions import SessionsEnricher
+
+    (found,) = [e for e in app.extensions[RUNNER_KEY].enrichers if isinstance(e, SessionsEnricher)]
+    return found
+
+
+def age_sessions(app: Flask, last_seen: datetime, key: str | None = None) -> None:
+    """set_sessions_last_seen wherever ``app`` keeps its sessions: the store or Redis."""
+    state = sessions_enricher(app).redis
+    if state is None:
+        with app.app_context():
+            set_sessions_last_seen(get_store(), last_seen, key)
+        return
+    from rybbit.session_state import KEY_PREFIX
+    from rybbit.storage.codec import to_ms
+
+    names = [KEY_PREFIX + key] if key else list(state.client.scan_iter(f"{KEY_PREFIX}*"))
+    for name in names:
+        state.client.hset(name, "last", to_ms(last_seen))
+
+
+def forget_redis_sessions(uri: str) -> None:
+    """Delete the session state earlier tests left in the Redis at ``uri``."""
+    import redis
+
+    from rybbit.session_state import KEY_PREFIX
+
+    client = redis.Redis.from_url(uri)
+    names = list(client.scan_iter(f"{KEY_PREFIX}*"))
+    if names:
+        client.delete(*names)
+    client.close()
+
+
 def insert_raw_events(store: Storage, docs: list[dict[str, Any]]) -> None:
     """Write events straight into the store, past the write path (no purge, no metrics)."""
     from rybbit.storage import MongoStorage, SQLiteStorage

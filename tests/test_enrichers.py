@@ -15,7 +15,7 @@ from plugins.identity import SALT_LIFETIME
 from plugins.screen import device_type_from_screen
 from rybbit import create_app
 from rybbit.store import get_store
-from tests.conftest import all_events, set_sessions_last_seen
+from tests.conftest import age_sessions, all_events, sessions_storage, set_sessions_last_seen
 from tests.geo_db import build_city_db
 
 
@@ -261,6 +261,13 @@ class TestIdentity:
 
 
 class TestSessions:
+    @pytest.fixture
+    def app_config(
+        self, app_config: dict[str, Any], session_state: str, request: pytest.FixtureRequest
+    ) -> dict[str, Any]:
+        """With sessions in the store and in Redis alike."""
+        return {**app_config, **sessions_storage(request, session_state)}
+
     def test_events_within_30_minutes_share_a_session(self, post: Any, stored_events: Any) -> None:
         for _ in range(3):
             post(user_id="u1")
@@ -281,8 +288,7 @@ class TestSessions:
     ) -> None:
         post(user_id="u1")
         first = last_event(stored_events)["session_id"]
-        with app.app_context():
-            set_sessions_last_seen(get_store(), datetime.now(UTC) - timedelta(minutes=31))
+        age_sessions(app, datetime.now(UTC) - timedelta(minutes=31))
         # The next event reaches another worker (this one remembers the visitor's recent
         # event, which the store edit above cannot undo; test_sessions covers real waiting).
         other = create_app(app_config).test_client()

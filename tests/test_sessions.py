@@ -14,13 +14,23 @@ from flask import Flask
 
 from rybbit import create_app, delivery
 from rybbit.store import get_store
-from tests.conftest import set_sessions_last_seen
+from tests.conftest import age_sessions, sessions_enricher, sessions_storage
 
 
 @pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """Limits are read when the app is made: concurrent bursts here stay under them."""
-    return {**app_config, "RATE_LIMIT": "10000 per second"}
+def app_config(
+    app_config: dict[str, Any], session_state: str, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """Every behaviour here holds with sessions in the store and in Redis. Limits are read
+    when the app is made: concurrent bursts here stay under them."""
+    return {
+        **app_config,
+        **sessions_storage(request, session_state),
+        "RATE_LIMIT": "10000 per second",
+    }
+
+
+store_state_only = pytest.mark.parametrize("session_state", ["store"], indirect=True)
 
 
 def _body(site: dict[str, Any], api_key: str, user: str, n: int) -> dict[str, Any]:
@@ -101,10 +111,7 @@ def test_a_batch_ends_expired_sessions_and_continues_live_ones(
     for user in ("live", "ended"):
         assert client.post("/api/track", json=_body(site, api_key, user, 0)).status_code == 200
     before = {e["user_id"]: e["session_id"] for e in stored_events()}
-    with app.app_context():
-        set_sessions_last_seen(
-            get_store(), datetime.now(UTC) - timedelta(minutes=31), f"{site['site_id']}:ended"
-        )
+    age_sessions(app, datetime.now(UTC) - timedelta(minutes=31), f"{site['site_id']}:ended")
     # Sent to another worker: this one remembers both visitors' recent events.
     other_app = create_app(app_config)
     other = other_app.test_client()
@@ -122,6 +129,7 @@ def _session(key: str, n: int = 0) -> dict[str, Any]:
     return {"_id": key, "session_id": f"s-{key}-{n}", "started_at": at, "last_seen": at}
 
 
+@store_state_only
 def test_find_sessions_returns_the_documents_found(app: Flask) -> None:
     with app.app_context():
         store = get_store()
@@ -135,6 +143,7 @@ def test_find_sessions_returns_the_documents_found(app: Flask) -> None:
 
 # 30: large enough for the embedded store's one-transaction path, which must neither lose the
 # rest of a group with a stored duplicate nor report the duplicate as inserted.
+@store_state_only
 @pytest.mark.parametrize("size", [2, 30])
 def test_insert_missing_inserts_only_free_ids_and_says_which(app: Flask, size: int) -> None:
     with app.app_context():
@@ -185,6 +194,7 @@ def _stored_last_seen(app: Flask, site: dict[str, Any], user: str) -> datetime:
     return doc["last_seen"]  # type: ignore[no-any-return]
 
 
+@store_state_only
 @pytest.mark.ack_store
 def test_last_seen_writes_are_coalesced_within_the_write_interval(
     app_config: dict[str, Any],
@@ -222,7 +232,8 @@ def test_workers_racing_at_the_timeout_boundary_converge_on_one_session(app: Fla
     from rybbit.enrichment import EnrichmentContext
 
     timeout = timedelta(minutes=30)
-    a, b = SessionsEnricher(timeout), SessionsEnricher(timeout)
+    state = sessions_enricher(app).redis  # None: in the store
+    a, b = SessionsEnricher(timeout, state), SessionsEnricher(timeout, state)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     with app.app_context():
         store = get_store()

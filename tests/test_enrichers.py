@@ -130,6 +130,52 @@ class TestGeo:
         assert [e["country"] for e in stored_events()] == ["SE"]
 
 
+def test_geo_tells_global_addresses_as_ipaddress_does() -> None:
+    """The IPv4 table behind lookup_address against ipaddress's own is_global: at every edge
+    of the table, next to it, and at random addresses."""
+    import ipaddress
+    import random
+
+    from plugins.geo import _GLOBAL_STARTS, lookup_address
+
+    rng = random.Random(16)
+    numbers = {n + d for n in _GLOBAL_STARTS for d in (-1, 0, 1) if 0 <= n + d < 2**32}
+    numbers |= {rng.randrange(2**32) for _ in range(20_000)} | {2**32 - 1}
+    for number in sorted(numbers):
+        address = ipaddress.IPv4Address(number)
+        expected = str(address) if address.is_global else None
+        assert lookup_address(str(address)) == expected, address
+    # Spellings other than ipaddress's own go to ipaddress, as before the table.
+    assert lookup_address("::ffff:8.8.8.8") == "8.8.8.8"
+    assert lookup_address("::ffff:10.0.0.1") is None
+    assert lookup_address("2a02:cf40::1") == "2a02:cf40::1"
+    for other in ("08.8.8.8", "8.8.8", "8.8.8.8 ", "8.8.8.8\x00", "256.1.1.1", "", "x"):
+        assert lookup_address(other) is None, other
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("0.0.0.0", 0),  # noqa: S104 (an address to read, not to bind)
+        ("1.2.3.4", 0x01020304),
+        ("255.255.255.255", 2**32 - 1),
+        ("01.2.3.4", None),
+        ("1.2.3", None),
+        ("1.2.3.4.5", None),
+        (" 1.2.3.4", None),
+        ("1.2.3.4\x00", None),
+        ("\u0661.2.3.4", None),
+        ("::1", None),
+        ("::ffff:1.2.3.4", None),
+        ("", None),
+    ],
+)
+def test_ipv4_number_takes_only_the_canonical_spelling(text: str, number: int | None) -> None:
+    from rybbit.site_rules import ipv4_number
+
+    assert ipv4_number(text) == number
+
+
 def test_geo_without_database_is_disabled_not_broken(
     instance_path: Path, app_config: dict[str, Any]
 ) -> None:

@@ -75,18 +75,19 @@ def start_event(
     out before enrichment, the reason ("Event not tracked - ..."). ``key`` is None for a
     keyless (browser) event."""
     received_at = now_ms()
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not three
     # A body IP is trusted because the request carries a valid API key (server-side tracking);
     # keyless payloads never have one (browser.authenticate_keyless drops it).
-    client_ip = payload.get("ip_address") or request.remote_addr
+    client_ip = payload.get("ip_address") or req.remote_addr
     if site_rules.ip_excluded(client_ip, sites.settings_of(site)["excluded_ips"]):
         return "Event not tracked - IP excluded"
     event = build_event(payload, key_id=key["_id"] if key else None, received_at=received_at)
     site_rules.pseudonymise(site, event)
     context = EnrichmentContext(
         site=site,
-        remote_addr=request.remote_addr,
+        remote_addr=req.remote_addr,
         client_ip=client_ip,
-        headers=request.headers,
+        headers=req.headers,
         received_at=received_at,
         store=store,
     )

@@ -216,6 +216,28 @@ class TestUrlParams:
             event["url_parameters"]["x\uff0ey"] == "1" and event["url_parameters"]["\uff04z"] == "2"
         )
 
+    def test_events_with_one_querystring_get_parameters_of_their_own(
+        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+    ) -> None:
+        query = "?utm_source=a&gclid=x&utm_source=b"
+        item = {"api_key": api_key, "site_id": site["site_id"], "querystring": query}
+        items = [item] * 3
+        assert client.post("/api/track/batch", json=items).get_json()["accepted"] == 3
+        stored = stored_events()
+        assert [e["url_parameters"] for e in stored] == [{"utm_source": "a", "gclid": "x"}] * 3
+        assert [(e["utm_source"], e["gclid"]) for e in stored] == [("a", "x")] * 3
+
+    def test_parameters_are_not_shared_between_events(self) -> None:
+        from plugins.url_params import UrlParamsEnricher
+
+        enricher, query = UrlParamsEnricher(), "?utm_source=a&k=v"
+        first, second = {"querystring": query}, {"querystring": query}
+        enricher.enrich(first, None)  # type: ignore[arg-type]  # it reads no context
+        first["url_parameters"]["k"] = "changed by a later enricher"
+        enricher.enrich(second, None)  # type: ignore[arg-type]
+        assert second["url_parameters"] == {"utm_source": "a", "k": "v"}
+        assert second["utm_source"] == "a"
+
     @pytest.mark.parametrize("query", ["", "?", "?&&", "plain"])
     def test_no_parameters_no_fields(self, post: Any, stored_events: Any, query: str) -> None:
         assert post(querystring=query).status_code == 200

@@ -301,6 +301,22 @@ class TestIdentity:
         assert all(e["anonymous"] is True and len(e["user_id"]) == 32 for e in stored_events())
         assert "81.2.69.160" not in json.dumps([e["user_id"] for e in stored_events()])
 
+    @pytest.mark.parametrize(
+        "parts",
+        [("12", "81.2.69.160", UA), ("site", "2a02:cf40::1", "é \ud800 ua"), ("1", "", "")],
+    )
+    def test_anonymous_id_hashes_each_part_after_a_nul(self, parts: tuple[str, str, str]) -> None:
+        """The id's definition, part by part, as ids already stored were made."""
+        import hashlib
+
+        from plugins.identity import anonymous_id
+
+        salt = bytes(range(32))
+        digest = hashlib.sha256(salt)
+        for part in parts:
+            digest.update(b"\x00" + part.encode("utf-8", "surrogatepass"))
+        assert anonymous_id(salt, *parts) == digest.hexdigest()[:32]
+
     def test_salt_rotates_daily_and_is_destroyed_after_48_hours(
         self, app: Flask, post: Any, stored_events: Any
     ) -> None:

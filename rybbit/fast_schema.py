@@ -26,6 +26,7 @@ from .schemas import (
     js_trim,
     loads_strict,
 )
+from .site_rules import ipv4_number
 
 DEFER: Final = None
 
@@ -91,10 +92,13 @@ def fast_load(schema: TrackEventSchema, data: dict[str, Any]) -> dict[str, Any] 
         address = data["ip_address"]
         if type(address) is not str or not address.isascii():
             return DEFER
-        try:
-            out["ip_address"] = str(ipaddress.ip_address(address))
-        except ValueError:
-            return DEFER
+        if ipv4_number(address) is not None:
+            out["ip_address"] = address  # already as ipaddress writes it (0.7 us, not 3)
+        else:
+            try:
+                out["ip_address"] = str(ipaddress.ip_address(address))
+            except ValueError:
+                return DEFER
 
     if "event_id" in data:
         event_id = data["event_id"]

@@ -127,6 +127,37 @@ def test_filtered_items_say_why(
     assert len(stored_events()) == 1
 
 
+def test_each_site_s_settings_apply_to_its_own_items(
+    app: Flask, client: FlaskClient, good: dict[str, Any], stored_events: Any
+) -> None:
+    """Settings are read once per site in a batch: one site's exclusions and IP policy do
+    not leak to another's items, before or after enrichment."""
+    with app.app_context():
+        sites.update_site(
+            get_store(),
+            good["site_id"],
+            {"settings": {"excluded_ips": ["192.0.2.0/24"], "track_ip": True}},
+        )
+        other = sites.create_site(get_store(), name="o", domain="o.example")
+        key = keys.create_key(get_store(), other["site_id"])["api_key"]
+    theirs = {"api_key": key, "site_id": other["site_id"], "pathname": "/o"}
+    items = [
+        {**good, "ip_address": "192.0.2.9"},
+        {**theirs, "ip_address": "192.0.2.9"},
+        {**good, "ip_address": "198.51.100.7"},
+        {**theirs, "ip_address": "198.51.100.7"},
+    ]
+    body = batch(client, items).get_json()
+    assert [r.get("message") for r in body["results"]] == [
+        "Event not tracked - IP excluded",
+        None,
+        None,
+        None,
+    ]
+    kept = sorted((e["pathname"], e.get("ip_address")) for e in stored_events())
+    assert kept == [("/o", None), ("/o", None), ("/p", "198.51.100.7")]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

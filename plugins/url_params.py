@@ -6,6 +6,7 @@ keys made safe for MongoDB the same way ``properties`` keys are.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,17 +24,24 @@ class UrlParamsEnricher(Enricher):
         query = event.get("querystring")
         if not query:
             return
-        params: dict[str, str] = {}
-        for key, value in parse_qsl(query.lstrip("?"), keep_blank_values=True)[:MAX_PARAMETERS]:
-            key = safe_key(key.lower())
-            if key and key not in params:
-                params[key] = value
+        params, promoted = _parameters(query)
         if not params:
             return
-        event["url_parameters"] = params
-        for name in PROMOTED:
-            if params.get(name):
-                event[name] = params[name]
+        event["url_parameters"] = dict(params)  # each event its own: others may change it
+        event.update(promoted)
+
+
+# Many events carry one of a few querystrings (a campaign's link): each is parsed once.
+# 1024 keys of up to ~2 kB (the querystring's limit) and their parameters at most.
+@lru_cache(maxsize=1024)
+def _parameters(query: str) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """The parameters kept of a querystring, and the promoted ones that have a value."""
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query.lstrip("?"), keep_blank_values=True)[:MAX_PARAMETERS]:
+        key = safe_key(key.lower())
+        if key and key not in params:
+            params[key] = value
+    return params, tuple((name, params[name]) for name in PROMOTED if params.get(name))
 
 
 @hookimpl

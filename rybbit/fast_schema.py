@@ -26,6 +26,7 @@ from .schemas import (
     js_trim,
     loads_strict,
 )
+from .site_rules import ipv4_number
 
 DEFER: Final = None
 
@@ -46,6 +47,9 @@ _SCREEN = ("screenWidth", "screenHeight")
 _OTHERS = frozenset(("site_id", "type", "ip_address", "properties", "event_id", *_SCREEN))
 _HANDLED = frozenset(_STRINGS) | _OTHERS
 _TYPES = ("pageview", "custom_event")
+# Integer site ids below this (255 digits at most). A constant: Python computes 10**255 in
+# the expression on every call, ~0.7 us (constants that large are not folded).
+_SITE_ID_LIMIT: Final = 10**255
 
 
 def fast_load(schema: TrackEventSchema, data: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,7 +77,7 @@ def fast_load(schema: TrackEventSchema, data: dict[str, Any]) -> dict[str, Any] 
         return DEFER  # missing or empty: refused, with messages
 
     site_id = data.get("site_id")
-    if type(site_id) is int and 0 <= site_id < 10**255:
+    if type(site_id) is int and 0 <= site_id < _SITE_ID_LIMIT:
         out["site_id"] = str(site_id)
     elif type(site_id) is str and 0 < (_length(site_id) or 256) <= 255:
         out["site_id"] = str(int(site_id)) if NUMERIC_SITE_ID.fullmatch(site_id) else site_id
@@ -91,10 +95,13 @@ def fast_load(schema: TrackEventSchema, data: dict[str, Any]) -> dict[str, Any] 
         address = data["ip_address"]
         if type(address) is not str or not address.isascii():
             return DEFER
-        try:
-            out["ip_address"] = str(ipaddress.ip_address(address))
-        except ValueError:
-            return DEFER
+        if ipv4_number(address) is not None:
+            out["ip_address"] = address  # already as ipaddress writes it (0.7 us, not 3)
+        else:
+            try:
+                out["ip_address"] = str(ipaddress.ip_address(address))
+            except ValueError:
+                return DEFER
 
     if "event_id" in data:
         event_id = data["event_id"]

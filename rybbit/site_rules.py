@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import socket
 from functools import lru_cache
 from typing import Any
 
@@ -43,6 +44,24 @@ def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+def ipv4_number(text: str) -> int | None:
+    """The integer of an IPv4 address written as ``ipaddress`` writes one (dotted decimal, no
+    leading zeros), else None (IPv6, other spellings, not an address: ask ``ipaddress``).
+
+    A shortcut for the hot path, where nearly every address is one of these: ~0.7 us against
+    ~3 us for ``ipaddress.ip_address``. Only the canonical spelling is taken, so for what it
+    accepts ``str(ipaddress.ip_address(text)) == text`` and the two agree on the number."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError, TypeError):  # ValueError: a NUL; TypeError: not a str
+        return None
+    # inet_pton is lenient where ipaddress is not (leading zeros on some libcs): the round
+    # trip keeps only the one spelling both read the same way.
+    if socket.inet_ntoa(packed) != text:
+        return None
+    return int.from_bytes(packed, "big")
 
 
 def ip_excluded(client_ip: str | None, excluded: list[str]) -> bool:

@@ -75,6 +75,33 @@ def test_items_of_several_sites_and_keys(
     assert {e["site_id"] for e in stored_events()} == {good["site_id"], other["site_id"]}
 
 
+def test_each_item_is_judged_by_its_own_site_and_key(
+    app: Flask, client: FlaskClient, good: dict[str, Any], stored_events: Any
+) -> None:
+    """Pairs are authenticated once per batch: repeated and interleaved pairs, good or bad,
+    still get each item its own outcome and its own key's id."""
+    with app.app_context():
+        other = sites.create_site(get_store(), name="o", domain="o.example")
+        made = keys.create_key(get_store(), other["site_id"])
+    theirs = {"api_key": made["api_key"], "site_id": other["site_id"], "pathname": "/o"}
+    crossed = {**theirs, "site_id": good["site_id"]}  # their key, our site
+    unknown = {**good, "api_key": "rb_" + "0" * 32}
+    items = [good, theirs, crossed, good, {**good, "site_id": "999"}, unknown, theirs, crossed]
+    body = batch(client, items).get_json()
+    outcomes = [r.get("error", "ok") for r in body["results"]]
+    assert outcomes == ["ok", "ok", "Invalid API key", "ok", "Site not found"] + [
+        "Invalid API key",
+        "ok",
+        "Invalid API key",
+    ]
+    by_path: dict[str, set[str]] = {}
+    for event in stored_events():
+        by_path.setdefault(event["pathname"], set()).add(event["api_key_id"])
+    assert len(by_path["/p"]) == 1 and by_path["/o"] == {made["id"]}
+    assert made["id"] not in by_path["/p"]
+    assert len(stored_events()) == 4
+
+
 def test_repeated_event_ids_are_stored_once(
     client: FlaskClient, good: dict[str, Any], stored_events: Any
 ) -> None:
@@ -98,6 +125,37 @@ def test_filtered_items_say_why(
         "message": "Event not tracked - IP excluded",
     }
     assert len(stored_events()) == 1
+
+
+def test_each_site_s_settings_apply_to_its_own_items(
+    app: Flask, client: FlaskClient, good: dict[str, Any], stored_events: Any
+) -> None:
+    """Settings are read once per site in a batch: one site's exclusions and IP policy do
+    not leak to another's items, before or after enrichment."""
+    with app.app_context():
+        sites.update_site(
+            get_store(),
+            good["site_id"],
+            {"settings": {"excluded_ips": ["192.0.2.0/24"], "track_ip": True}},
+        )
+        other = sites.create_site(get_store(), name="o", domain="o.example")
+        key = keys.create_key(get_store(), other["site_id"])["api_key"]
+    theirs = {"api_key": key, "site_id": other["site_id"], "pathname": "/o"}
+    items = [
+        {**good, "ip_address": "192.0.2.9"},
+        {**theirs, "ip_address": "192.0.2.9"},
+        {**good, "ip_address": "198.51.100.7"},
+        {**theirs, "ip_address": "198.51.100.7"},
+    ]
+    body = batch(client, items).get_json()
+    assert [r.get("message") for r in body["results"]] == [
+        "Event not tracked - IP excluded",
+        None,
+        None,
+        None,
+    ]
+    kept = sorted((e["pathname"], e.get("ip_address")) for e in stored_events())
+    assert kept == [("/o", None), ("/o", None), ("/p", "198.51.100.7")]
 
 
 @pytest.mark.parametrize(

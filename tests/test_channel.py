@@ -125,6 +125,16 @@ def test_channel_as_rybbit_computes_it(
     assert channel(clear_self_referrer(referrer, hostname), querystring, hostname) == expected
 
 
+def test_answers_kept_for_reuse_are_each_cases_own() -> None:
+    """channel keeps answers by the referrer's host, not the referrer: asked again, in the
+    other order, after every other case, each case still gets its own channel."""
+    for _ in range(2):
+        asked = [channel(clear_self_referrer(r, h), q, h) for r, q, h, _ in reversed(CASES)]
+        assert asked[::-1] == [expected for *_, expected in CASES]
+        own = [channel(r, q, h) for r, q, h, _ in reversed(RYBBITS_OWN)]
+        assert own[::-1] == [expected for *_, expected in RYBBITS_OWN]
+
+
 @pytest.mark.parametrize(
     ("referrer", "hostname", "kept"),
     [

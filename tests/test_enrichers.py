@@ -130,6 +130,53 @@ class TestGeo:
         assert [e["country"] for e in stored_events()] == ["SE"]
 
 
+def test_geo_tells_global_addresses_as_ipaddress_does() -> None:
+    """The IPv4 table behind lookup_address against ipaddress's own is_global: at every edge
+    of the table, next to it, and at random addresses."""
+    import ipaddress
+    import random
+
+    from plugins.geo import _GLOBAL_STARTS, lookup_address
+
+    assert len(_GLOBAL_STARTS) > 10, "this Python's ipaddress still lists its networks"
+    rng = random.Random(16)
+    numbers = {n + d for n in _GLOBAL_STARTS for d in (-1, 0, 1) if 0 <= n + d < 2**32}
+    numbers |= {rng.randrange(2**32) for _ in range(20_000)} | {2**32 - 1}
+    for number in sorted(numbers):
+        address = ipaddress.IPv4Address(number)
+        expected = str(address) if address.is_global else None
+        assert lookup_address(str(address)) == expected, address
+    # Spellings other than ipaddress's own go to ipaddress, as before the table.
+    assert lookup_address("::ffff:8.8.8.8") == "8.8.8.8"
+    assert lookup_address("::ffff:10.0.0.1") is None
+    assert lookup_address("2a02:cf40::1") == "2a02:cf40::1"
+    for other in ("08.8.8.8", "8.8.8", "8.8.8.8 ", "8.8.8.8\x00", "256.1.1.1", "", "x"):
+        assert lookup_address(other) is None, other
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("0.0.0.0", 0),  # noqa: S104 (an address to read, not to bind)
+        ("1.2.3.4", 0x01020304),
+        ("255.255.255.255", 2**32 - 1),
+        ("01.2.3.4", None),
+        ("1.2.3", None),
+        ("1.2.3.4.5", None),
+        (" 1.2.3.4", None),
+        ("1.2.3.4\x00", None),
+        ("\u0661.2.3.4", None),
+        ("::1", None),
+        ("::ffff:1.2.3.4", None),
+        ("", None),
+    ],
+)
+def test_ipv4_number_takes_only_the_canonical_spelling(text: str, number: int | None) -> None:
+    from rybbit.site_rules import ipv4_number
+
+    assert ipv4_number(text) == number
+
+
 def test_geo_without_database_is_disabled_not_broken(
     instance_path: Path, app_config: dict[str, Any]
 ) -> None:
@@ -169,6 +216,28 @@ class TestUrlParams:
         assert (
             event["url_parameters"]["x\uff0ey"] == "1" and event["url_parameters"]["\uff04z"] == "2"
         )
+
+    def test_events_with_one_querystring_get_parameters_of_their_own(
+        self, client: FlaskClient, site: dict[str, Any], api_key: str, stored_events: Any
+    ) -> None:
+        query = "?utm_source=a&gclid=x&utm_source=b"
+        item = {"api_key": api_key, "site_id": site["site_id"], "querystring": query}
+        items = [item] * 3
+        assert client.post("/api/track/batch", json=items).get_json()["accepted"] == 3
+        stored = stored_events()
+        assert [e["url_parameters"] for e in stored] == [{"utm_source": "a", "gclid": "x"}] * 3
+        assert [(e["utm_source"], e["gclid"]) for e in stored] == [("a", "x")] * 3
+
+    def test_parameters_are_not_shared_between_events(self) -> None:
+        from plugins.url_params import UrlParamsEnricher
+
+        enricher, query = UrlParamsEnricher(), "?utm_source=a&k=v"
+        first, second = {"querystring": query}, {"querystring": query}
+        enricher.enrich(first, None)  # type: ignore[arg-type]  # it reads no context
+        first["url_parameters"]["k"] = "changed by a later enricher"
+        enricher.enrich(second, None)  # type: ignore[arg-type]
+        assert second["url_parameters"] == {"utm_source": "a", "k": "v"}
+        assert second["utm_source"] == "a"
 
     @pytest.mark.parametrize("query", ["", "?", "?&&", "plain"])
     def test_no_parameters_no_fields(self, post: Any, stored_events: Any, query: str) -> None:
@@ -232,6 +301,22 @@ class TestIdentity:
         assert ids[0] == ids[1] != ids[2]
         assert all(e["anonymous"] is True and len(e["user_id"]) == 32 for e in stored_events())
         assert "81.2.69.160" not in json.dumps([e["user_id"] for e in stored_events()])
+
+    @pytest.mark.parametrize(
+        "parts",
+        [("12", "81.2.69.160", UA), ("site", "2a02:cf40::1", "é \ud800 ua"), ("1", "", "")],
+    )
+    def test_anonymous_id_hashes_each_part_after_a_nul(self, parts: tuple[str, str, str]) -> None:
+        """The id's definition, part by part, as ids already stored were made."""
+        import hashlib
+
+        from plugins.identity import anonymous_id
+
+        salt = bytes(range(32))
+        digest = hashlib.sha256(salt)
+        for part in parts:
+            digest.update(b"\x00" + part.encode("utf-8", "surrogatepass"))
+        assert anonymous_id(salt, *parts) == digest.hexdigest()[:32]
 
     def test_salt_rotates_daily_and_is_destroyed_after_48_hours(
         self, app: Flask, post: Any, stored_events: Any

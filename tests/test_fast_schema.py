@@ -60,7 +60,10 @@ FIELDS: dict[str, Any] = {
     "language": _text,
     "event_name": st.one_of(st.sampled_from(["", "signup"]), _text),
     "ip_address": st.one_of(
-        st.sampled_from(["81.2.69.142", "::ffff:1.2.3.4", "2001:DB8::1", "1.2.3", "::1%eth0"]),
+        st.sampled_from(
+            ["81.2.69.142", "::ffff:1.2.3.4", "2001:DB8::1", "1.2.3", "::1%eth0", "0.0.0.0"]  # noqa: S104
+            + ["01.2.3.4", "1.2.3.04", "255.255.255.255", "256.1.1.1", "1.2.3.4 ", "1.2.3.4\n"]
+        ),
         _anything,
     ),
     "screenWidth": st.one_of(st.sampled_from([1, 390, 65535, 65536, 0, -1, 390.0, 1.5]), _anything),

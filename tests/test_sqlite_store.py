@@ -57,6 +57,35 @@ def test_documents_come_back_as_mongodb_would_hand_them_back() -> None:
     assert back["properties"] == doc["properties"]
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"received_at": datetime(2026, 5, 4, 3, 2, 1, 123000, tzinfo=UTC)},
+        {"timestamp": datetime(2026, 5, 4, 3, 2, 1), "received_at": datetime(2026, 5, 4)},
+        {"timestamp": "2026-05-04T03:02:01Z", "received_at": "not a date"},
+        {"timestamp": None, "_id": ObjectId()},
+        {"_id": 7, "session_start": datetime(2026, 5, 4, tzinfo=UTC)},
+        {"_id": "text-id", "properties": {"at": datetime(2026, 5, 4, tzinfo=UTC)}},
+    ],
+)
+def test_an_event_row_holds_what_codec_writes(fields: dict[str, Any]) -> None:
+    """The row's JSON is codec's JSON of the event without its id (an id the column cannot
+    give back stays in), whichever way its dates come; the caller's document is not changed
+    beyond the id it is given."""
+    doc = {**event(n=5), **fields}
+    if doc["timestamp"] is None:
+        del doc["timestamp"]
+    original = dict(doc)
+    row = sqlite_backend._event_row(doc)
+    original.setdefault("_id", doc["_id"])
+    assert doc == original and list(doc) == list(original)
+    in_json = {k: v for k, v in doc.items() if k != "_id" or type(v) not in (ObjectId, str)}
+    assert row[5] == codec.dumps(in_json)
+    stamp = doc.get("timestamp")
+    assert row[2] == (codec.to_ms(stamp) if isinstance(stamp, datetime) else None)
+    assert row[0] == codec.id_key(doc["_id"])
+
+
 # -- several processes ----------------------------------------------------------------------
 
 

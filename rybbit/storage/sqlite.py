@@ -186,24 +186,31 @@ def _event_row(event: Doc, *, keyed: bool = False) -> tuple[Any, ...]:
     else:
         keyed = True
     event_id = event["_id"]
+    body = dict(event)  # a copy, changed below; copying whole then deleting is the quickest
     # The id column gives back an ObjectId or text id (_event_doc), so the JSON leaves it out:
     # that lets an export write the stored JSON nearly as it is (iter_event_lines).
     if type(event_id) in _ID_TYPES_IN_COLUMN:
-        body = {name: value for name, value in event.items() if name != "_id"}
-    else:
-        body = event
+        del body["_id"]
+    # The two dates every event has, tagged here as codec's hook would tag them: orjson
+    # calling back into Python for each cost ~0.5 us (3.4 -> 2.3 us a document).
+    ts = _ms(body.get("timestamp"))
+    if ts is not None:
+        body["timestamp"] = {"$date": ts}
+    received = body.get("received_at")
+    if isinstance(received, datetime):
+        body["received_at"] = {"$date": codec.to_ms(received)}
     return (
         codec.id_key(event_id),
-        event.get("site_id"),
-        _ms(event.get("timestamp")),
-        event.get("type"),
+        body.get("site_id"),
+        ts,
+        body.get("type"),
         1 if keyed else None,
         codec.dumps(body),
-        _text(event.get("session_id")),
-        _text(event.get("user_id")),
-        _text(event.get("pathname")),
-        _text(event.get("hostname")),
-        _text(event.get("event_name")),
+        _text(body.get("session_id")),
+        _text(body.get("user_id")),
+        _text(body.get("pathname")),
+        _text(body.get("hostname")),
+        _text(body.get("event_name")),
     )
 
 

@@ -33,8 +33,9 @@ def _load_beside(name):
 def _worker_class():
     """gevent, whatever the store: greenlets cost less CPU than threads (bare Flask: ~1.6x the
     requests/s of gthread here), and nothing on the request path blocks the loop for long:
-    MongoDB and Redis calls yield, and the embedded store's SQLite writes run in the hub's
-    thread pool (rybbit/native.py), where concurrent requests still share them (group commit).
+    MongoDB and Redis calls yield, fsyncs run in the hub's thread pool (rybbit/native.py), and
+    the embedded store's commits, which do not wait for the disk by default, are shared by the
+    requests ready at the time (group commit, rybbit/delivery.py).
     RYBBIT_WORKER_CLASS overrides; "gthread" gets the buffering thread worker below."""
     return os.environ.get("RYBBIT_WORKER_CLASS") or "gevent"
 

@@ -42,9 +42,16 @@ class GroupCommit(Generic[Item, Result]):
     """
 
     def __init__(
-        self, run: Callable[[list[Item]], Sequence[Result] | None], max_items: int
+        self,
+        run: Callable[[list[Item]], Sequence[Result] | None],
+        max_items: int,
+        gather: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
+        # Called by a new leader before it takes the queue. When ``run`` blocks nothing else
+        # (it runs on a gevent loop), nobody can queue up while it runs: one turn of the loop
+        # first lets the requests that are ready reach the queue and share the call.
+        self._gather = gather
         self._max_items = max(1, max_items)
         self._lock = threading.Lock()
         self._queue: list[_Entry] = []
@@ -71,6 +78,8 @@ class GroupCommit(Generic[Item, Result]):
         return entry.results
 
     def _lead(self) -> None:
+        if self._gather is not None:
+            self._gather()
         with self._lock:
             group = self._take()
         items = [item for entry in group for item in entry.items]

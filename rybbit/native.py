@@ -41,6 +41,15 @@ def off_loop(function: Callable[[Any], Result]) -> Callable[[Any], Result]:
     return in_pool
 
 
+def let_others_run() -> None:
+    """Under gevent, one turn of the event loop: the greenlets that are ready run until they
+    wait, then the caller goes on. Elsewhere nothing (threads run anyway)."""
+    if gevent_active():
+        import gevent
+
+        gevent.sleep(0)
+
+
 def os_thread_local() -> Any:
     """A ``threading.local`` per OS thread, also under gevent (whose patched one is per
     greenlet)."""

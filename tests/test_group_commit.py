@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,3 +226,42 @@ def test_a_call_returning_too_few_results_fails_its_submitters_without_blocking_
     # The committer still works for the next caller (no one is left waiting for a leader).
     committer._run = lambda items: list(items)  # type: ignore[method-assign]
     assert list(committer.submit([3])) == [3]
+
+
+GATHER_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import gevent, json, sys
+from rybbit.group_commit import GroupCommit
+from rybbit.native import let_others_run
+
+def calls_for(gather):
+    calls = []
+    def run(items):  # blocks nothing: no other greenlet runs while it does
+        calls.append(len(items))
+        return [item * 2 for item in items]
+    group = GroupCommit(run, 1000, gather)
+    results = {}
+    def request(n):
+        results[n] = group.submit([n])[0]
+    gevent.joinall([gevent.spawn(request, n) for n in range(20)])
+    assert results == {n: n * 2 for n in range(20)}, results
+    return calls
+
+print(json.dumps({"plain": calls_for(None), "gathered": calls_for(let_others_run)}))
+"""
+
+
+def test_under_gevent_one_turn_of_the_loop_gathers_the_ready_requests() -> None:
+    """A call that never yields (the embedded store's commit on the loop) could take only its
+    leader's items; the leader first lets the ready greenlets queue, and all share one call."""
+    out = subprocess.run(
+        [sys.executable, "-c", GATHER_UNDER_GEVENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
+    calls = json.loads(out.stdout)
+    assert calls["plain"] == [1] * 20
+    assert calls["gathered"] == [20]

@@ -63,6 +63,9 @@ class Storage(ABC):
 
     #: True for the embedded store (no server: no time-series collections, no TTL indexes).
     embedded: bool
+    #: True when a write of events waits for the disk (an fsync): callers on an event loop
+    #: should not make it there. A server's round trip waits on a socket, which yields.
+    syncs_each_commit: bool = False
 
     def __init__(self, *, group_commit_max_events: int = 5000) -> None:
         self.group_commit: GroupCommit[Doc, Exception | None] = GroupCommit(

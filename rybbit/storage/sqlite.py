@@ -359,6 +359,9 @@ class SQLiteStorage(Storage):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"EMBEDDED_SYNCHRONOUS must be NORMAL or FULL, not {synchronous!r}")
         self.synchronous = synchronous.upper()
+        # In WAL mode, NORMAL syncs at checkpoints only (the checkpoint thread's); FULL and
+        # EXTRA at every commit.
+        self.syncs_each_commit = self.synchronous in ("FULL", "EXTRA")
         self._local = os_thread_local()
         self._checkpoint_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None

@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     # bytes of unshipped events it may hold (per worker) before requests get 503s.
     "SPOOL_DIR": "spool",
     "SPOOL_QUOTA_BYTES": 1024**3,
+    # How long the shipper lets records gather before a shipment that would not be full
+    # (Kafka's linger.ms): fewer, larger inserts cost MongoDB less. Events become readable in
+    # MongoDB up to this much later; a request's own are shipped at once when it reads events.
+    "SPOOL_LINGER_MS": 20,
     # Seconds a client is told to wait when the store is unavailable.
     "STORE_RETRY_AFTER": 2,
     # How long each process may keep using a site or API key document it read (seconds):

@@ -124,11 +124,15 @@ class DirectDelivery:
 class SpooledDelivery:
     """Acknowledge once spooled; ship in the background (see the module docstring)."""
 
-    def __init__(self, shipping: Shipping, root: str, quota_bytes: int) -> None:
+    def __init__(
+        self, shipping: Shipping, root: str, quota_bytes: int, linger_seconds: float
+    ) -> None:
         self.shipping = shipping
         self.spool = Spool(root, quota_bytes)
         self._reported = (0, 0, 0)  # shipped, refused, errors: what metrics have been told
-        self.shipper = Shipper(root, self.spool, self._deliver, on_progress=self._report)
+        self.shipper = Shipper(
+            root, self.spool, self._deliver, linger=linger_seconds, on_progress=self._report
+        )
         self.shipper.start()
 
     def accept(self, events: list[Doc]) -> None:
@@ -253,7 +257,10 @@ def init_app(app: Flask, make_shipping: Callable[[], Shipping]) -> None:
     def make() -> DirectDelivery | SpooledDelivery:
         if spooled(app):
             return SpooledDelivery(
-                make_shipping(), spool_root(app), int(app.config["SPOOL_QUOTA_BYTES"])
+                make_shipping(),
+                spool_root(app),
+                int(app.config["SPOOL_QUOTA_BYTES"]),
+                int(app.config["SPOOL_LINGER_MS"]) / 1000,
             )
         return DirectDelivery(make_shipping(), int(app.config["GROUP_COMMIT_MAX_EVENTS"]))
 

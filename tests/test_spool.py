@@ -486,6 +486,29 @@ def test_a_corrupt_tail_in_an_adopted_spool_is_skipped_and_the_rest_shipped(
     assert adopter.stats().skipped_bytes_total == 50
 
 
+def test_under_steady_load_each_shipment_lingers_to_fill_up(
+    root: Path, shippers: list[Shipper]
+) -> None:
+    """Records arriving steadily (one every 10 ms) go in a few shipments, not one each: after
+    each shipment the shipper lets the next fill up for ``linger`` again."""
+    spool = Spool(root, quota_bytes=1 << 30)
+    sink = Sink()
+
+    def slow_store(payloads: list[bytes]) -> list[Outcome]:
+        time.sleep(0.03)  # records keep arriving while a shipment is on its way
+        return sink(payloads)
+
+    start(shippers, root, spool, slow_store, linger=0.25, idle_poll=0.01)
+    for n in range(60):
+        spool.append([record(n)])
+        time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while len(sink.stored) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sink.stored == [record(n) for n in range(60)]
+    assert len(sink.calls) <= 6, [len(call) for call in sink.calls]
+
+
 def test_a_trickle_is_shipped_in_one_delivery_but_flush_does_not_linger(
     root: Path, shippers: list[Shipper]
 ) -> None:

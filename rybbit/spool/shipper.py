@@ -317,6 +317,10 @@ class Shipper:
             self._report()
             if outcome == "progress":
                 backoff = self.backoff_initial
+                # Under steady load too: the next shipment waits to fill up rather than
+                # taking the few records that arrived while this one shipped (a small insert
+                # costs the store nearly as much as a full one).
+                self._linger()
                 continue
             if outcome == "retry":
                 self._stop.wait(backoff)
@@ -340,8 +344,8 @@ class Shipper:
         """Let a trickle of new records gather into one delivery (one store round trip for
         many records, like Kafka's linger.ms): wait up to ``linger`` unless a full batch is
         there already or someone waits for the shipping."""
-        if self.linger <= 0 or self._own is None or self._own.spool is None:
-            return
+        if self.linger <= 0 or self._own is None or self._own.spool is None or self._adopted:
+            return  # (the spools of dead workers are shipped as fast as they can be)
         if self._own.spool.backlog()[0] >= self.batch_size:
             return
         self._urgent.wait(self.linger)

@@ -32,7 +32,8 @@ def _load_beside(name):
 
 def _worker_class():
     """gevent, whatever the store: greenlets cost less CPU than threads (bare Flask: ~1.6x the
-    requests/s of gthread here), and nothing on the request path blocks the loop for long:
+    requests/s of gthread here), and little on the request path blocks the loop for long (an
+    embedded-store commit waits there while another worker holds the file's write lock):
     MongoDB and Redis calls yield, fsyncs run in the hub's thread pool (rybbit/native.py), and
     the embedded store's commits, which do not wait for the disk by default, are shared by the
     requests ready at the time (group commit, rybbit/delivery.py).

@@ -72,14 +72,21 @@ class GroupCommit(Generic[Item, Result]):
         if not entry.lead:
             entry.wake.wait()
         if not entry.finished:  # woken (or started) as the leader
-            self._lead()
+            self._lead(entry)
         if entry.error is not None:
             _reraise(entry.error)
         return entry.results
 
-    def _lead(self) -> None:
+    def _lead(self, entry: _Entry) -> None:
         if self._gather is not None:
-            self._gather()
+            try:
+                self._gather()
+            except BaseException:
+                # Interrupted before taking the queue (a greenlet killed at shutdown, a
+                # timeout): this submit fails with its items unshipped, and the next entry
+                # leads, so no waiter stays blocked.
+                self._abdicate(entry)
+                raise
         with self._lock:
             group = self._take()
         items = [item for entry in group for item in entry.items]
@@ -101,6 +108,16 @@ class GroupCommit(Generic[Item, Result]):
                     successor.wake.set()
                 else:
                     self._running = False
+
+    def _abdicate(self, entry: _Entry) -> None:
+        with self._lock:
+            self._queue.remove(entry)
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.wake.set()
+            else:
+                self._running = False
 
     @staticmethod
     def _hand_out(

@@ -103,6 +103,20 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+def _closed_by_server(connection: Connection) -> bool:
+    """An idle connection with something to read has been closed by the server (a restart,
+    its idle timeout): nothing else is ever sent to an idle one. Found before sending, since
+    a call whose answer is lost cannot be sent again."""
+    try:
+        return bool(connection.can_read(timeout=0))
+    except (ConnectionError, OSError):
+        return True
+
+
+class _NotSent(Exception):
+    """A call that failed before it reached Redis (its cause says why): safe to send again."""
+
+
 class _RedisMovingWindow:
     """The script, called on connections of the storage's own client, for the hits of all the
     requests that wait on this process at once.
@@ -156,21 +170,31 @@ class _RedisMovingWindow:
         packed = b"".join(parts)
         if self.pid != os.getpid():  # forked: the parent's connections are not ours
             self.idle, self.pid = [], os.getpid()
+        while self.idle and _closed_by_server(self.idle[-1]):
+            self.idle.pop().disconnect()
         reused = bool(self.idle)
         try:
             replies = self._round_trip(self.idle.pop() if reused else None, packed)
-        except ConnectionError:
+        except _NotSent as exc:
             if not reused:
-                raise
-            # An idle connection the server closed (restart, idle timeout): one new one.
-            replies = self._round_trip(None, packed)
+                raise exc.__cause__ from None  # type: ignore[misc]
+            # An idle connection the server closed (restart, idle timeout): one new one. Only
+            # when the call was not sent: one that may have run is never sent twice, which
+            # would count every hit in it twice.
+            try:
+                replies = self._round_trip(None, packed)
+            except _NotSent as again:
+                raise again.__cause__ from None  # type: ignore[misc]
         return [(now, reply) for reply in replies]
 
     def _round_trip(self, connection: Connection | None, packed: bytes) -> Any:
         connection = connection or self.pool.make_connection()  # type: ignore[union-attr]
         try:
             try:
-                connection.send_packed_command([packed], check_health=False)
+                try:
+                    connection.send_packed_command([packed], check_health=False)
+                except ConnectionError as exc:
+                    raise _NotSent from exc
                 reply = connection.read_response()
             except NoScriptError:  # a restarted or flushed server: load it, once
                 self.script.registered_client.script_load(_HIT_AND_WINDOW_LUA)

@@ -265,3 +265,49 @@ def test_under_gevent_one_turn_of_the_loop_gathers_the_ready_requests() -> None:
     calls = json.loads(out.stdout)
     assert calls["plain"] == [1] * 20
     assert calls["gathered"] == [20]
+
+
+class Killed(BaseException):
+    """Stands in for gevent's GreenletExit thrown into a greenlet at shutdown."""
+
+
+def test_a_leader_interrupted_while_gathering_hands_the_lead_on() -> None:
+    """A leader interrupted in its gathering turn (a greenlet killed at gunicorn's shutdown)
+    must not leave the others waiting for ever: its own items are not shipped, and the next
+    entry leads."""
+    calls: list[list[int]] = []
+    queued = threading.Event()
+    gathers = []
+
+    def gather() -> None:
+        gathers.append(1)
+        if len(gathers) == 1:  # the first leader: interrupted once the others queued
+            assert queued.wait(5)
+            raise Killed
+
+    group: GroupCommit[int, int] = GroupCommit(
+        lambda items: calls.append(list(items)) or items, 1000, gather
+    )
+    outcomes: dict[int, Any] = {}
+
+    def request(n: int) -> None:
+        try:
+            outcomes[n] = group.submit([n])[0]
+        except Killed:
+            outcomes[n] = "killed"
+
+    leader = threading.Thread(target=request, args=(0,))
+    leader.start()
+    while not gathers:
+        time.sleep(0.001)
+    others = [threading.Thread(target=request, args=(n,)) for n in (1, 2)]
+    for thread in others:
+        thread.start()
+    while len(group._queue) < 3:
+        time.sleep(0.001)
+    queued.set()
+    for thread in [leader, *others]:
+        thread.join(timeout=5)
+    request(3)
+    assert outcomes == {0: "killed", 1: 1, 2: 2, 3: 3}
+    assert sorted(n for call in calls for n in call) == [1, 2, 3]

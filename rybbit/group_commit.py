@@ -102,22 +102,22 @@ class GroupCommit(Generic[Item, Result]):
             with self._lock:
                 self.calls += 1
                 self.items_done += len(items) if error is None else 0
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.wake.set()
-                else:
-                    self._running = False
+                self._pass_the_lead()
 
     def _abdicate(self, entry: _Entry) -> None:
         with self._lock:
             self._queue.remove(entry)
-            if self._queue:
-                successor = self._queue[0]
-                successor.lead = True
-                successor.wake.set()
-            else:
-                self._running = False
+            self._pass_the_lead()
+
+    def _pass_the_lead(self) -> None:
+        """Wake the oldest waiting entry to lead the next call, or note that none runs.
+        Called with the lock held."""
+        if self._queue:
+            successor = self._queue[0]
+            successor.lead = True
+            successor.wake.set()
+        else:
+            self._running = False
 
     @staticmethod
     def _hand_out(
